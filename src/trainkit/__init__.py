@@ -1,0 +1,43 @@
+"""trainkit: train PyTorch models from a YAML config.
+
+The public API is imported lazily, so `import trainkit` (and the CLI's --help) does not
+pay for importing torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from trainkit._version import __version__
+
+__all__ = [
+    "__version__", "train", "resume", "evaluate", "load_config",
+    "MODELS", "DATASETS", "OPTIMIZERS", "SCHEDULERS", "DataBundle", "DatasetInfo", "TensorSplit",
+    "TrainkitError", "ConfigError",
+]
+
+_LAZY = {
+    "train": "trainkit.api", "resume": "trainkit.api", "evaluate": "trainkit.api",
+    "load_config": "trainkit.config",
+    "MODELS": "trainkit.registry", "DATASETS": "trainkit.registry",
+    "OPTIMIZERS": "trainkit.registry", "SCHEDULERS": "trainkit.registry",
+    "DataBundle": "trainkit.data", "DatasetInfo": "trainkit.data", "TensorSplit": "trainkit.data",
+    "TrainkitError": "trainkit.errors", "ConfigError": "trainkit.errors",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trainkit.api import evaluate, resume, train
+    from trainkit.config import load_config
+    from trainkit.data import DataBundle, DatasetInfo, TensorSplit
+    from trainkit.errors import ConfigError, TrainkitError
+    from trainkit.registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULERS
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'trainkit' has no attribute {name!r}")

@@ -1,0 +1,252 @@
+"""The `trainkit` command. Thin: parse arguments, call the API, print, pick the exit code.
+
+This is the only module that turns a TrainkitError into a message and an exit code
+(0 ok, 1 runtime failure, 2 bad usage or config, 130/143 interrupted). torch is never
+imported at module level, so `--help` and `--version` answer instantly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable, List, Optional
+
+import typer
+
+from trainkit._version import __version__
+
+app = typer.Typer(
+    name="trainkit",
+    help="Train PyTorch models from a YAML config: train, eval, resume, and more.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=True,
+    rich_markup_mode=None,
+)
+
+OVERRIDES = typer.Argument(None, help="Overrides like optimizer.lr=0.1 trainer.epochs=2 (YAML values).",
+                           show_default=False)
+DEVICE = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps (overrides trainer.device).")
+QUIET = typer.Option(False, "--quiet", "-q", help="Only errors and the final result.")
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+class _WarningHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        _err(f"warning: {record.getMessage()}")
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("trainkit")
+    if not any(isinstance(h, _WarningHandler) for h in logger.handlers):
+        logger.addHandler(_WarningHandler(logging.WARNING))
+        logger.propagate = False
+
+
+def _call(fn: Callable[[], Any]) -> Any:
+    """Run a command body; map trainkit's errors to one line on stderr and an exit code."""
+    from trainkit.errors import TrainingInterrupted, TrainkitError
+
+    _setup_logging()
+    try:
+        return fn()
+    except TrainingInterrupted as exc:
+        _err(f"{exc}")
+        if exc.run_dir:
+            _err(f"resume with: trainkit resume {exc.run_dir}")
+        raise typer.Exit(exc.exit_code) from None
+    except TrainkitError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        _err("interrupted")
+        raise typer.Exit(130) from None
+    except MemoryError:
+        _err("error: out of memory; lower data.batch_size or data.eval_batch_size")
+        raise typer.Exit(1) from None
+    except RuntimeError as exc:
+        if "out of memory" in str(exc):
+            _err("error: out of device memory; lower data.batch_size or data.eval_batch_size")
+            raise typer.Exit(1) from None
+        raise
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"trainkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Train PyTorch models from a YAML config."""
+
+
+def _launch_distributed(nproc: int, argv: list[str]) -> None:
+    """Re-run this command under torch.distributed's own launcher (what torchrun runs)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "trainkit", *argv]
+    sys.stdout.flush()
+    os.execv(sys.executable, command)
+
+
+def _strip_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+def _print_result(result: dict[str, Any], quiet: bool, verb: str) -> None:
+    from rich.console import Console
+
+    from trainkit.progress import summary_table
+
+    console = Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
+    if not quiet and result["history"]:
+        console.print(summary_table(result["history"], f"{verb}: {result['run_dir']}"))
+    best = result["best_metric"]
+    best_text = f"best {result['monitor']} {best:.4f} at epoch {result['best_epoch']}" if best is not None else "no best"
+    early = " (stopped early)" if result["stopped_early"] else ""
+    console.print(f"{verb} {result['epochs']} epochs{early}, {result['step']} steps; {best_text}; "
+                  f"checkpoints in {result['run_dir']}", soft_wrap=True)
+
+
+@app.command()
+def train(
+    config: str = typer.Argument(..., help="Experiment YAML file."),
+    overrides: Optional[List[str]] = OVERRIDES,
+    device: Optional[str] = DEVICE,
+    quiet: bool = QUIET,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run that already exists in the folder."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this machine (starts torch.distributed.run)."),
+) -> None:
+    """Train a model as the config describes; checkpoints go to <checkpoint.dir>/<name>/."""
+    if nproc > 1:
+        _launch_distributed(nproc, _strip_nproc(sys.argv[1:]))
+
+    def body() -> None:
+        from trainkit.api import train as run_train
+
+        result = run_train(config, overrides or [], device=device, quiet=quiet, overwrite=overwrite)
+        if _is_main():
+            _print_result(result, quiet, "trained")
+
+    _call(body)
+
+
+@app.command()
+def resume(
+    path: str = typer.Argument(..., help="Run folder (newest good checkpoint) or a checkpoint file."),
+    overrides: Optional[List[str]] = OVERRIDES,
+    device: Optional[str] = DEVICE,
+    quiet: bool = QUIET,
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this machine (starts torch.distributed.run)."),
+) -> None:
+    """Continue a run exactly where it stopped; trainer.epochs=N extends it."""
+    if nproc > 1:
+        _launch_distributed(nproc, _strip_nproc(sys.argv[1:]))
+
+    def body() -> None:
+        from trainkit.api import resume as run_resume
+
+        result = run_resume(path, overrides or [], device=device, quiet=quiet)
+        if _is_main():
+            _print_result(result, quiet, "trained")
+
+    _call(body)
+
+
+@app.command("eval")
+def eval_(
+    ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint file (or run folder: its best.pt)."),
+    overrides: Optional[List[str]] = OVERRIDES,
+    split: str = typer.Option("test", "--split", help="test | train"),
+    device: Optional[str] = DEVICE,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
+) -> None:
+    """Evaluate a checkpoint; it carries its config, so nothing else is needed."""
+
+    def body() -> None:
+        from trainkit.api import evaluate
+
+        result = evaluate(ckpt, split, overrides or [], device=device)
+        if not _is_main():
+            return
+        if as_json:
+            print(json.dumps(result))
+        else:
+            parts = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                              for k, v in result.items() if k != "split")
+            print(f"{result['split']}: {parts}")
+
+    _call(body)
+
+
+@app.command()
+def validate(
+    config: str = typer.Argument(..., help="Experiment YAML file."),
+    overrides: Optional[List[str]] = OVERRIDES,
+) -> None:
+    """Check a config (every problem at once) and print the resolved result."""
+
+    def body() -> None:
+        from trainkit.config import load_config
+        from trainkit.yamlio import dump_yaml
+
+        cfg = load_config(config, overrides or [])
+        print(dump_yaml(cfg.to_dict()), end="")
+        _err(f"{config}: ok")
+
+    _call(body)
+
+
+@app.command("ls")
+def ls(kind: Optional[str] = typer.Argument(None, help="models | datasets | optimizers | schedulers")) -> None:
+    """List the registered components and their options."""
+
+    def body() -> None:
+        import inspect
+
+        from trainkit.errors import UsageError
+        from trainkit.registry import REGISTRIES
+
+        by_plural = {f"{r.kind}s": r for r in REGISTRIES.values()}
+        if kind is not None and kind not in by_plural:
+            raise UsageError(f"unknown kind '{kind}'; choose one of {', '.join(by_plural)}")
+        for plural, registry in by_plural.items():
+            if kind not in (None, plural):
+                continue
+            print(f"{plural}:")
+            for name in registry.names():
+                options = ", ".join(
+                    p.name + ("" if p.default is inspect.Parameter.empty else f"={p.default!r}")
+                    for p in registry.options(name).values())
+                print(f"  {name:<22} {registry.get(name).summary}")
+                if options:
+                    print(f"  {'':<22} options: {options}")
+
+    _call(body)
+
+
+def _is_main() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

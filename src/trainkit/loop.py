@@ -1,0 +1,240 @@
+"""The one train/eval loop shared by every model and data set.
+
+It knows nothing of YAML, files or the CLI: what to build came in a `Run`, and whatever
+must leave the loop (log records, checkpoints, a stop request) goes through `Events`.
+
+Speed notes: the step does no host-device sync. Each batch loss is written into a
+device buffer; the host reads that buffer only every `log_every` steps, before a
+checkpoint and at the end of an epoch, and checks it for NaN/inf then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from trainkit.data import Batches
+from trainkit.distributed import DistContext
+from trainkit.errors import NonFiniteLossError
+
+
+@dataclass
+class TrainState:
+    """Where training stands; everything here goes into the checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches of the epoch in progress already trained (per process)
+    step: int = 0  # optimizer steps taken
+    epoch_start_step: int = 0
+    epoch_losses: list[float] = field(default_factory=list)  # batch losses of the epoch in progress
+    logged_batch: int = 0  # batches of this epoch already covered by a "train" log record
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    stop_metric_best: float | None = None  # early stopping's own best (it may watch another metric)
+    bad_epochs: int = 0  # epochs without improvement, for early stopping
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Run:
+    """Everything built for training, on its device."""
+
+    model: torch.nn.Module  # what the step calls (maybe DDP-wrapped and/or compiled)
+    eval_model: torch.nn.Module  # unwrapped from DDP: every rank evaluates its own shard
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any  # torch.amp.GradScaler for fp16 on CUDA, else None
+    train_batches: Batches
+    eval_batches: Batches
+    task: str  # "classification" | "regression"
+    device: torch.device
+    dist: DistContext
+    epochs: int
+    log_every: int = 50
+    every_n_steps: int = 0
+    accumulate: int = 1
+    grad_clip: float | None = None
+    precision: str = "fp32"
+    early_stopping: Any = None  # EarlyStoppingConfig or None
+    monitor: tuple[str, str] = ("val_accuracy", "max")  # which epoch metric makes best.pt
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        output = output.float()
+        if self.task == "classification":
+            return F.cross_entropy(output, target, reduction=reduction)
+        return F.mse_loss(output, target.view_as(output), reduction=reduction)
+
+
+class Events(Protocol):
+    def log(self, record: dict[str, Any]) -> None: ...
+    def save(self, state: TrainState, is_best: bool) -> None: ...
+    def stop_requested(self, state: TrainState) -> bool: ...
+    def interrupted(self, state: TrainState) -> None: ...  # raises TrainingInterrupted
+    def progress(self, epoch: int, total: int, start: int) -> Any: ...
+
+
+def fit(run: Run, state: TrainState, events: Events) -> TrainState:
+    """Epochs of train_one_epoch then evaluate, from wherever `state` stands."""
+    while state.epoch < run.epochs and not state.stopped_early:
+        started = time.time()
+        train_loss = train_one_epoch(run, state, events)
+        metrics = evaluate(run.eval_model, run.eval_batches, run)
+        record = {"type": "epoch", "epoch": state.epoch + 1, "step": state.step, "train_loss": train_loss,
+                  **{f"val_{k}": v for k, v in metrics.items() if k != "samples"},
+                  "lr": run.optimizer.param_groups[0]["lr"], "epoch_time": time.time() - started}
+        is_best = _update_best(run, state, record)
+        state.epoch, state.batch, state.logged_batch, state.epoch_losses = state.epoch + 1, 0, 0, []
+        state.epoch_start_step = state.step
+        events.log(record)
+        events.save(state, is_best)
+        if events.stop_requested(state):
+            events.interrupted(state)
+    return state
+
+
+def _update_best(run: Run, state: TrainState, record: dict[str, Any]) -> bool:
+    key, mode = run.monitor
+    value = record.get(key)
+    better = value is not None and (state.best_metric is None or
+                                    (value > state.best_metric if mode == "max" else value < state.best_metric))
+    if better:
+        state.best_metric, state.best_epoch = value, state.epoch + 1
+    stopper = run.early_stopping
+    if stopper is not None and stopper.metric in record:
+        current, best = record[stopper.metric], state.stop_metric_best
+        improved = best is None or (current < best - stopper.min_delta if stopper.mode == "min"
+                                    else current > best + stopper.min_delta)
+        state.bad_epochs = 0 if improved else state.bad_epochs + 1
+        if improved:
+            state.stop_metric_best = current
+        state.stopped_early = state.bad_epochs >= stopper.patience
+    return better
+
+
+def train_one_epoch(run: Run, state: TrainState, events: Events) -> float:
+    """Train from batch `state.batch` of epoch `state.epoch` to its end; returns the mean batch loss."""
+    model, optimizer, batches = run.model, run.optimizer, run.train_batches
+    model.train()
+    total = len(batches)
+    losses = torch.zeros(total, device=run.device)  # one slot per batch: no sync per step
+    if state.epoch_losses:
+        losses[: len(state.epoch_losses)] = torch.tensor(state.epoch_losses)
+    bar = events.progress(state.epoch, total, state.batch)
+    for b, (x, y) in enumerate(batches(state.epoch, state.batch), start=state.batch):
+        last_of_group = (b + 1) % run.accumulate == 0 or b + 1 == total
+        no_sync = run.dist.enabled and not last_of_group and hasattr(model, "no_sync")
+        with (model.no_sync() if no_sync else contextlib.nullcontext()):
+            with run.autocast():
+                loss = run.loss(model(x), y)
+            scaled = loss / run.accumulate if run.accumulate > 1 else loss
+            (run.scaler.scale(scaled) if run.scaler else scaled).backward()
+        losses[b] = loss.detach()
+        state.batch = b + 1
+        if bar is not None:
+            bar.update(1)
+        if not last_of_group:
+            continue
+        _optimizer_step(run)
+        state.step += 1
+        if state.step % run.log_every == 0:
+            _log_window(run, state, losses, events)
+        if state.batch < total and run.every_n_steps and state.step % run.every_n_steps == 0:
+            _read_losses(run, state, losses)
+            events.save(state, False)
+        if state.batch < total and events.stop_requested(state):
+            _read_losses(run, state, losses)
+            events.interrupted(state)
+    if bar is not None:
+        bar.close()
+    values = _read_losses(run, state, losses)
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _optimizer_step(run: Run) -> None:
+    params = [p for group in run.optimizer.param_groups for p in group["params"]]
+    if run.scaler is not None:
+        if run.grad_clip:
+            run.scaler.unscale_(run.optimizer)
+            torch.nn.utils.clip_grad_norm_(params, run.grad_clip)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        if run.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, run.grad_clip)
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.scheduler is not None:
+        run.scheduler.step()
+
+
+def _read_losses(run: Run, state: TrainState, losses: torch.Tensor) -> list[float]:
+    """Copy this epoch's batch losses to the host (a sync) and stop on the first NaN/inf."""
+    values = losses[: state.batch].tolist()
+    for b in range(len(state.epoch_losses), len(values)):
+        if values[b] != values[b] or values[b] in (float("inf"), float("-inf")):
+            step = state.epoch_start_step + b // run.accumulate + 1
+            raise NonFiniteLossError(state.epoch + 1, step, values[b])
+    state.epoch_losses = values
+    return values
+
+
+def _log_window(run: Run, state: TrainState, losses: torch.Tensor, events: Events) -> None:
+    values = _read_losses(run, state, losses)[state.logged_batch: state.batch]
+    state.logged_batch = state.batch
+    mean = sum(values) / len(values)
+    if run.dist.enabled:  # the mean over every rank's batches, as the epoch record reports
+        mean = run.dist.all_reduce_sum(torch.tensor([mean], device=run.device)).item() / run.dist.world_size
+    lr = run.optimizer.param_groups[0]["lr"]
+    events.log({"type": "train", "epoch": state.epoch + 1, "step": state.step, "loss": mean, "lr": lr})
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, batches: Batches, run: Run | None = None, *, task: str | None = None,
+             device: torch.device | None = None, dist: DistContext | None = None,
+             autocast: Callable[[], Any] | None = None) -> dict[str, float]:
+    """Loss and accuracy (classification) or MSE and MAE (regression) over every sample, all ranks."""
+    task = task or run.task
+    device = device or run.device
+    dist = dist or (run.dist if run else DistContext())
+    autocast = autocast or (run.autocast if run else contextlib.nullcontext)
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(2, device=device)  # loss sum, abs-error sum
+    counts = torch.zeros(2, dtype=torch.int64, device=device)  # correct, samples
+    outputs = 1
+    for x, y in batches():
+        with autocast():
+            out = model(x).float()
+        if task == "classification":
+            sums[0] += F.cross_entropy(out, y, reduction="sum")
+            counts[0] += (out.argmax(1) == y).sum()
+        else:
+            target = y.view_as(out)
+            sums[0] += F.mse_loss(out, target, reduction="sum")
+            sums[1] += (out - target).abs().sum()
+            outputs = out[0].numel()
+        counts[1] += len(y)
+    dist.all_reduce_sum(sums)
+    dist.all_reduce_sum(counts)
+    model.train(was_training)
+    (loss_sum, abs_sum), (correct, samples) = sums.tolist(), counts.tolist()
+    if samples == 0:
+        return {"samples": 0}
+    if task == "classification":
+        return {"samples": samples, "loss": loss_sum / samples, "accuracy": correct / samples}
+    mse = loss_sum / (samples * outputs)
+    return {"samples": samples, "loss": mse, "mse": mse, "mae": abs_sum / (samples * outputs)}

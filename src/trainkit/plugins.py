@@ -1,0 +1,93 @@
+"""User components from outside trainkit.
+
+Two ways in, both ending in `@MODELS.register(...)` (or DATASETS, ...) being run:
+- a config's `imports: [my_project.models]`: modules imported before the config is checked;
+- installed packages that declare the entry-point group `trainkit.plugins`.
+
+A checkpoint records the modules its components came from, so `eval` and `resume`
+can import them again, or say clearly which one is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+from typing import Any, Iterable
+
+from trainkit.errors import PluginError
+
+ENTRY_POINT_GROUP = "trainkit.plugins"
+log = logging.getLogger("trainkit")
+_entry_points_loaded = False
+
+
+def load_entry_points() -> None:
+    """Import every installed plugin once. A broken plugin is reported, not fatal."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:  # one bad package must not take trainkit down
+            log.warning("plugin entry point '%s' (%s) failed to load: %s", ep.name, ep.value, exc)
+
+
+def _cwd_on_path() -> None:
+    # `trainkit` started as a console script does not put the working folder on sys.path
+    # the way `python -m` does; users expect `imports: [my_models]` next to their config.
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def import_modules(names: Any) -> list[tuple[tuple, str]]:
+    """Import the config's `imports`; returns (key path, message) for each failure."""
+    if not isinstance(names, list):
+        return []  # absent, or a wrong type that the structural check reports
+    _cwd_on_path()
+    problems = []
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            problems.append(((i,), f"cannot import module '{name}': {type(exc).__name__}: {exc}"))
+    return problems
+
+
+def has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def modules_of(builders: Iterable[Any]) -> list[str]:
+    """The non-trainkit modules that defined these builders (recorded in checkpoints)."""
+    found = []
+    for builder in builders:
+        module = getattr(builder, "__module__", "") or ""
+        if module and module.split(".")[0] != "trainkit" and module not in found:
+            found.append(module)
+    return found
+
+
+def require(modules: Iterable[str], what: str) -> None:
+    """Import the plugin modules a checkpoint needs, naming any that is missing."""
+    _cwd_on_path()
+    missing = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            missing.append(f"'{name}' ({type(exc).__name__}: {exc})")
+    if missing:
+        raise PluginError(
+            f"{what} needs plugin module {', '.join(missing)}; install the package that "
+            "provides it or put it on PYTHONPATH"
+        )

@@ -1,0 +1,87 @@
+"""The run folder's text files: metrics.jsonl (the source of truth), status.json, TensorBoard.
+
+metrics.jsonl gets one JSON object per line: a "train" record every `log_every` steps,
+an "epoch" record per epoch. A checkpoint remembers how many bytes of it existed when it
+was written; resuming cuts the file back to that length, so the records of steps that
+are about to be redone do not appear twice and the history equals an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from trainkit.checkpoint import atomic_write_text
+
+METRICS = "metrics.jsonl"
+STATUS = "status.json"
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, truncate_to: int | None = None, tensorboard: bool = False,
+                 purge_step: int | None = None):
+        self.path = run_dir / METRICS
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if truncate_to is not None and self.path.exists() and self.path.stat().st_size > truncate_to:
+            with open(self.path, "rb+") as f:
+                f.truncate(truncate_to)
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a killed run wrote after its last checkpoint
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            prefix = "train" if record["type"] == "train" else "epoch"
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "epoch", "type"):
+                    self._tb.add_scalar(f"{prefix}/{key}", value, record["step"])
+
+    def sync(self) -> int:
+        """Make every record so far durable; returns the file length a checkpoint records."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        if self._tb is not None:
+            self._tb.flush()
+        return self._file.tell()
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_records(run_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill -9 before the truncation on resume
+        if kind is None or record.get("type") == kind:
+            records.append(record)
+    return records
+
+
+def write_status(run_dir: Path, status: str, **info: Any) -> None:
+    """complete | running | interrupted | failed, with progress, for `trainkit runs`."""
+    payload = {"status": status, "pid": os.getpid(), "updated": time.time(), **info}
+    atomic_write_text(Path(run_dir) / STATUS, json.dumps(payload) + "\n")
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((Path(run_dir) / STATUS).read_text())
+    except (OSError, ValueError):
+        return {}
