@@ -12,10 +12,11 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
+import re
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from trainkit import plugins
 from trainkit.errors import ConfigError
@@ -24,6 +25,19 @@ from trainkit.yamlio import KeyPath, read_yaml_file
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+def _matching(pattern: str, expected: str):
+    def check(value: str) -> str:
+        if not re.fullmatch(pattern, value):
+            raise ValueError(f"should be {expected}")
+        return value
+
+    return AfterValidator(check)
+
+
+RunName = Annotated[str, _matching(r"[A-Za-z0-9][A-Za-z0-9._-]*", "a folder name (letters, digits, '.', '_', '-')")]
+Device = Annotated[str, _matching(r"auto|cpu|mps|cuda(:\d+)?", "one of auto, cpu, cuda, cuda:N, mps")]
 
 
 class _Section(BaseModel):
@@ -60,7 +74,7 @@ class EarlyStoppingConfig(_Section):
 
 class TrainerConfig(_Section):
     epochs: PositiveInt = 5
-    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto picks cuda, then mps, then cpu")
+    device: Device = Field("auto", description="auto picks cuda, then mps, then cpu")
     log_every: PositiveInt = Field(50, description="steps between metric reads (each read is a device sync)")
     grad_clip: Annotated[float, Field(gt=0)] | None = Field(None, description="max global gradient norm")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -84,7 +98,7 @@ class LoggingConfig(_Section):
 
 
 class ExperimentConfig(_Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="run folder: <checkpoint.dir>/<name>/")
+    name: RunName = Field(description="run folder: <checkpoint.dir>/<name>/")
     seed: int = 0
     imports: list[str] = Field(default_factory=list, description="modules imported first; they may register components")
     model: ComponentConfig
@@ -188,8 +202,9 @@ def _pydantic_problems(error: ValidationError, prefix: KeyPath = ()) -> list[Pro
             message = "required key is missing"
         else:
             text = err["msg"]
-            if text.startswith("Input should"):
-                text = "should" + text[len("Input should"):]
+            for opening in ("Input should", "Value error, should"):
+                if text.startswith(opening):
+                    text = "should" + text[len(opening):]
             message = f"{text}, got {err['input']!r}" if "input" in err else text
         problems.append(Problem(path, message))
     return problems

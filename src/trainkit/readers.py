@@ -6,6 +6,7 @@ when files are missing and the config says `download: true`.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import pickle
@@ -60,6 +61,10 @@ except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.multiarray import _reconstruct
 
 
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    pass
+
+
 class _CifarUnpickler(pickle.Unpickler):
     """Allows exactly what a CIFAR batch holds: dicts, lists, bytes and numpy arrays.
 
@@ -71,22 +76,25 @@ class _CifarUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
+        # Python 3 writes bytes in protocol-2 pickles as _codecs.encode(text, "latin1"):
+        # a pure conversion, needed for batches re-saved by Python 3 tools
+        ("_codecs", "encode"): codecs.encode,
     }
 
     def find_class(self, module: str, name: str):
         try:
             return self.ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"global '{module}.{name}' is forbidden in a CIFAR batch") from None
+            raise _ForbiddenGlobal(f"global '{module}.{name}' is forbidden in a CIFAR batch") from None
 
 
 def read_cifar_batch(path: Path) -> dict:
     try:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
             return _CifarUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
-    except pickle.UnpicklingError as exc:
+    except _ForbiddenGlobal as exc:
         raise DataError(f"{path}: refused: {exc}") from None
-    except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, gzip.BadGzipFile) as exc:
+    except (pickle.UnpicklingError, OSError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, gzip.BadGzipFile) as exc:
         raise DataError(f"{path}: not a readable CIFAR batch ({type(exc).__name__}: {exc})") from None
 
 
@@ -122,7 +130,8 @@ def ensure_files(dataset: str, names: list[str], folders: list[Path], download: 
     try:
         fetch()
     except Exception as exc:  # no network, a read-only root, a mirror down...
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(exc).__name__  # torchvision puts the cause last
         raise missing_files_error(dataset, missing, folders, f"the download failed ({reason})") from None
     found = {n: find_file(folders, n) for n in names}
     missing = [n for n, p in found.items() if p is None]
