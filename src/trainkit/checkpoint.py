@@ -107,6 +107,12 @@ def to_cpu(obj: Any) -> Any:
     return obj
 
 
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    text = str(exc).strip()
+    detail = text.splitlines()[0] if text else type(exc).__name__
+    return CheckpointError(f"{path}: truncated, corrupt or not a checkpoint file ({detail})")
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a trainkit checkpoint with weights_only=True, or say precisely why not."""
     path = Path(path)
@@ -125,11 +131,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: refused to load: it holds Python objects beyond tensors and plain "
                                   f"data, which could run code when unpickled ({detail or 'not weights-only'}); "
                                   "trainkit only loads with weights_only=True") from None
-        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a checkpoint, or truncated or corrupt ({first})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError, IndexError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({first})") from None
+        raise _unreadable(path, exc) from None
+    except Exception as exc:  # torch raises many kinds for damaged zip archives and stray files
+        raise _unreadable(path, exc) from None
     if not isinstance(ckpt, dict) or "format_version" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path}: not a trainkit checkpoint (a bare state_dict or another tool's file?)")
     if ckpt["format_version"] > FORMAT_VERSION:
