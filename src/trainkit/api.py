@@ -22,7 +22,7 @@ from trainkit.config import ExperimentConfig, get_path, load_config, resolve
 from trainkit.distributed import DistContext, from_env, resolve_device
 from trainkit.engine import build_model, build_run, checkpoint_payload, eval_batches, load_data, \
     load_model_state, restore_training
-from trainkit.errors import CheckpointError, ConfigError, NonFiniteLossError, RunExistsError, \
+from trainkit.errors import CheckpointError, CheckpointNotFoundError, ConfigError, NonFiniteLossError, RunExistsError, \
     TrainingInterrupted, UsageError
 from trainkit.loop import Run, TrainState, evaluate as evaluate_model, fit
 from trainkit.optim import DEPENDS_ON_TOTAL
@@ -152,6 +152,7 @@ def _prepare_folder(folder: RunFolder, cfg: ExperimentConfig, overwrite: bool) -
         for _, path in folder.step_files():
             path.unlink()
         shutil.rmtree(folder.path / "tensorboard", ignore_errors=True)
+    folder.remove_stale_temps()
     try:
         folder.path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -248,7 +249,10 @@ def evaluate(checkpoint: str | Path, split: str = "test", overrides: list[str] |
         raise UsageError(f"split must be 'test' or 'train', got '{split}'")
     path = Path(checkpoint)
     if path.is_dir():
-        path = path / "best.pt" if (path / "best.pt").exists() else path / "last.pt"
+        found = [path / n for n in ("best.pt", "last.pt") if (path / n).exists()]
+        if not found:
+            raise CheckpointNotFoundError(f"{path} holds no checkpoint (no best.pt or last.pt)")
+        path = found[0]
     ckpt = load_checkpoint(path)
     plugins.require(ckpt.get("plugins", []), f"checkpoint {path}")
     cfg = resolve(ckpt["config"], _with_device(overrides, device), source=str(path))

@@ -46,7 +46,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_failed(path: Path, exc: OSError) -> CheckpointError:
+def write_failed(path: Path, exc: OSError) -> CheckpointError:
     reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
     return CheckpointError(f"could not write {path}: {reason}; the files already there are untouched")
 
@@ -64,7 +64,7 @@ def _atomic(path: Path, write) -> None:
         _fsync_dir(path.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise _write_failed(path, exc) from None
+        raise write_failed(path, exc) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -93,7 +93,7 @@ def _atomic_link(source: Path, target: Path) -> None:
         _fsync_dir(target.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise _write_failed(target, exc) from None
+        raise write_failed(target, exc) from None
 
 
 def to_cpu(obj: Any) -> Any:
@@ -123,13 +123,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        text = str(exc)
-        if "weights only" in text.lower() or "weights_only" in text.lower():
-            # torch names the offending global on the "WeightsUnpickler error:" line
-            detail = next((line.split("error:", 1)[1].split(". Please")[0].strip()
-                           for line in text.splitlines() if "WeightsUnpickler error:" in line), "")
+        # torch's weights-only unpickler names the global it refused ("... GLOBAL posix.system ...")
+        refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if refused:
             raise CheckpointError(f"{path}: refused to load: it holds Python objects beyond tensors and plain "
-                                  f"data, which could run code when unpickled ({detail or 'not weights-only'}); "
+                                  f"data, which could run code when unpickled ({refused.group(1)}); "
                                   "trainkit only loads with weights_only=True") from None
         raise _unreadable(path, exc) from None
     except Exception as exc:  # torch raises many kinds for damaged zip archives and stray files
@@ -217,7 +215,8 @@ class RunFolder:
         """The newest checkpoint that loads, and the damaged newer ones it skipped."""
         candidates = self._candidates()
         if not candidates:
-            raise CheckpointNotFoundError(f"{self.path} holds no checkpoint (no last.pt or step-*.pt)")
+            raise CheckpointNotFoundError(f"{self.path} holds no checkpoint (no last.pt or step-*.pt); if its run "
+                                          "stopped before the first save, start it again with train --overwrite")
         errors, skipped = [], []
         for path in candidates:
             try:

@@ -240,6 +240,125 @@ def ls(kind: Optional[str] = typer.Argument(None, help="models | datasets | opti
     _call(body)
 
 
+@app.command()
+def schema(
+    imports: Optional[List[str]] = typer.Option(None, "--import", metavar="MODULE",
+                                                help="Import a plugin module first, so its components are included."),
+) -> None:
+    """Print the JSON Schema of experiment configs (for editors and CI checks).
+
+    Each component section (model, data, optimizer, scheduler) lists every registered
+    builder with its options. Save it and point a config at it with a first line
+    `# yaml-language-server: $schema=../schema/trainkit.schema.json`.
+    """
+
+    def body() -> None:
+        from trainkit.errors import PluginError
+        from trainkit.plugins import import_modules
+        from trainkit.schema import config_schema
+
+        problems = import_modules(list(imports or []))
+        if problems:
+            raise PluginError("; ".join(message for _, message in problems))
+        print(json.dumps(config_schema(), indent=2))
+
+    _call(body)
+
+
+@app.command()
+def runs(
+    directory: str = typer.Argument("checkpoints", metavar="[DIR]", help="Folder holding run folders (or one run)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of the table."),
+) -> None:
+    """List the runs under DIR: model, data set, epochs, best metric, status, last update.
+
+    Status is complete, running, interrupted or failed; a run whose training process died
+    without saying so (kill -9, power loss) shows as interrupted.
+    """
+
+    def body() -> None:
+        from trainkit.runs import format_table, list_runs
+
+        found = list_runs(directory)
+        if as_json:
+            print(json.dumps(found, indent=2))
+        elif not found:
+            _err(f"no runs in {directory}")
+        else:
+            print(format_table(found))
+
+    _call(body)
+
+
+@app.command()
+def plot(
+    run_dirs: List[str] = typer.Argument(..., metavar="RUN...", help="Run folders (or their metrics.jsonl), one colour each."),
+    output: str = typer.Option("curves.png", "--output", "-o", help="Image to write: .png, .svg or .pdf."),
+    width: int = typer.Option(900, "--width", help="Figure width in pixels."),
+    height: int = typer.Option(350, "--height", help="Figure height in pixels."),
+) -> None:
+    """Plot loss (train and validation) and validation accuracy (MAE for regression) per epoch.
+
+    Several runs go on one figure for comparison. Needs matplotlib: pip install 'trainkit[plot]'.
+    """
+
+    def body() -> None:
+        from trainkit.plot import plot_runs
+
+        print(f"wrote {plot_runs(run_dirs, output, width, height)}")
+
+    _call(body)
+
+
+@app.command()
+def predict(
+    images: List[str] = typer.Argument(..., metavar="IMAGE...", help="PNG/JPEG files to classify."),
+    ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint file (or run folder: its best.pt)."),
+    top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="How many classes to show per image."),
+    invert: bool = typer.Option(False, "--invert", help="Invert the pixels first (dark-on-light photos for MNIST-like data)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list to stdout."),
+) -> None:
+    """Classify images with a trained checkpoint: top-k class names with probabilities.
+
+    Each image is converted to the data set's channels and size (resized whole) and
+    normalised exactly as the training images were.
+    """
+
+    def body() -> None:
+        from trainkit.predict import format_predictions, predict as run_predict
+
+        results = run_predict(ckpt, images, top_k, invert)
+        print(json.dumps(results) if as_json else format_predictions(results))
+
+    _call(body)
+
+
+@app.command("export")
+def export_(
+    ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint file (or run folder: its best.pt)."),
+    output: str = typer.Option(..., "--output", "-o", help="File to write, e.g. model.pt2."),
+    fmt: str = typer.Option("export", "--format", help="export (torch.export, default) | torchscript"),
+) -> None:
+    """Export a checkpoint's model, input normalisation included, to run without trainkit.
+
+    The input is float images in [0, 1] of shape (N, C, H, W), any batch size N (data sets
+    without recorded normalisation, such as regression features, take the values training
+    used); the output is the model's logits (or regression outputs). Load it with
+    torch.export.load(path).module(), or torch.jit.load(path) for --format torchscript.
+    """
+
+    def body() -> None:
+        from trainkit.export import export as run_export
+
+        result = run_export(ckpt, output, fmt)
+        shape = ", ".join(str(d) for d in result["input_shape"])
+        loader = "torch.export.load(path).module()" if fmt == "export" else "torch.jit.load(path)"
+        print(f"wrote {result['output']} ({fmt}, {result['bytes'] / 1e6:.2f} MB): input {result['input']}, "
+              f"shape ({shape}); load with {loader}")
+
+    _call(body)
+
+
 def _is_main() -> bool:
     return os.environ.get("RANK", "0") == "0"
 

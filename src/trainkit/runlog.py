@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainkit.checkpoint import atomic_write_text
+from trainkit.checkpoint import atomic_write_text, write_failed
 
 METRICS = "metrics.jsonl"
 STATUS = "status.json"
@@ -37,8 +37,11 @@ class RunLog:
             self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            raise write_failed(self.path, exc) from None
         if self._tb is not None:
             prefix = "train" if record["type"] == "train" else "epoch"
             for key, value in record.items():
@@ -47,14 +50,20 @@ class RunLog:
 
     def sync(self) -> int:
         """Make every record so far durable; returns the file length a checkpoint records."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise write_failed(self.path, exc) from None
         if self._tb is not None:
             self._tb.flush()
         return self._file.tell()
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:  # a full disk: the error that stopped the run is the one to report
+            pass
         if self._tb is not None:
             self._tb.close()
 
