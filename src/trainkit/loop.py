@@ -160,8 +160,7 @@ def train_one_epoch(run: Run, state: TrainState, events: Events) -> float:
             events.interrupted(state)
     if bar is not None:
         bar.close()
-    values = _read_losses(run, state, losses)
-    return sum(values) / len(values) if values else float("nan")
+    return _global_mean(run, _read_losses(run, state, losses))
 
 
 def _optimizer_step(run: Run) -> None:
@@ -192,12 +191,19 @@ def _read_losses(run: Run, state: TrainState, losses: torch.Tensor) -> list[floa
     return values
 
 
+def _global_mean(run: Run, values: list[float]) -> float:
+    """Mean batch loss over every process (each has the same number of batches)."""
+    mean = sum(values) / len(values) if values else float("nan")
+    if run.dist.enabled:
+        total = run.dist.all_reduce_sum(torch.tensor([mean], dtype=torch.float64, device=run.device))
+        mean = total.item() / run.dist.world_size
+    return mean
+
+
 def _log_window(run: Run, state: TrainState, losses: torch.Tensor, events: Events) -> None:
     values = _read_losses(run, state, losses)[state.logged_batch: state.batch]
     state.logged_batch = state.batch
-    mean = sum(values) / len(values)
-    if run.dist.enabled:  # the mean over every rank's batches, as the epoch record reports
-        mean = run.dist.all_reduce_sum(torch.tensor([mean], device=run.device)).item() / run.dist.world_size
+    mean = _global_mean(run, values)
     lr = run.optimizer.param_groups[0]["lr"]
     events.log({"type": "train", "epoch": state.epoch + 1, "step": state.step, "loss": mean, "lr": lr})
 

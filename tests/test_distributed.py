@@ -1,0 +1,144 @@
+"""torch.distributed on the CPU (gloo), launched by torchrun exactly as users do."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import TRAINKIT, assert_same_tensors, load_ckpt, metric_history, subprocess_env, tiny_config, write_config
+
+pytestmark = pytest.mark.slow
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+
+
+def _torchrun(nproc, *args, extra=(), env=None, timeout=240):
+    command = TORCHRUN + ["--standalone", f"--nproc_per_node={nproc}", *extra, "-m", "trainkit", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env=env or subprocess_env(), timeout=timeout)
+
+
+def _config(tmp_path, name, batch_size, **sections):
+    config = tiny_config(tmp_path, name=name, data={"n_train": 128, "n_test": 50, "batch_size": batch_size,
+                                                    "eval_batch_size": 10}, **sections)
+    config["trainer"].update(epochs=2, log_every=2)
+    return config
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, cli):
+    one = write_config(tmp_path / "one.yaml", _config(tmp_path, "one", 32))
+    two = write_config(tmp_path / "two.yaml", _config(tmp_path, "two", 16))
+    assert cli("train", one, "-q")[0] == 0
+    result = _torchrun(2, "train", two)
+    assert result.returncode == 0, result.stderr
+    assert "2 processes x batch 16 = effective batch 32" in result.stderr
+    assert result.stdout.count("trained 2 epochs, 8 steps") == 1  # only rank 0 prints
+    a, b = load_ckpt(tmp_path / "ckpt" / "one" / "last.pt"), load_ckpt(tmp_path / "ckpt" / "two" / "last.pt")
+    assert b["world_size"] == 2 and len(b["rng"]) == 2
+    assert not any(k.startswith("module.") for k in b["model"])  # the unwrapped model
+    for key, value in a["model"].items():
+        assert torch.allclose(value, b["model"][key], rtol=1e-5, atol=1e-6), key
+    # the accuracy printed by 2 processes covers the whole test set: `eval` in 1 process agrees
+    two_procs = [r for r in metric_history(tmp_path / "ckpt" / "two") if r["type"] == "epoch"][-1]
+    code, out, err = cli("eval", "--ckpt", tmp_path / "ckpt" / "two" / "last.pt", "--json")
+    assert code == 0, err
+    one_proc = json.loads(out)
+    assert one_proc["samples"] == 50
+    assert one_proc["accuracy"] == two_procs["val_accuracy"]
+    assert one_proc["loss"] == pytest.approx(two_procs["val_loss"], rel=1e-5)
+
+
+def test_two_process_run_interrupted_and_resumed_with_two_processes_is_bit_identical(tmp_path):
+    config = _config(tmp_path, "ref", 16, model={"dropout": 0.3})
+    reference = write_config(tmp_path / "ref.yaml", config)
+    assert _torchrun(2, "train", reference, "-q").returncode == 0
+    run_dir = tmp_path / "ckpt" / "run"
+    interrupted = write_config(tmp_path / "run.yaml", dict(config, name="run"))
+    command = TORCHRUN + ["--standalone", "--nproc_per_node=2", "-m", "trainkit", "train", str(interrupted)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists() and metrics.read_text().count('"train"') >= 1:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)  # as a cluster scheduler would, through torchrun
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "interrupted by SIGTERM; checkpoint saved at step" in err, err
+    stopped = load_ckpt(run_dir / "last.pt")
+    assert 0 < stopped["step"] < 8 and stopped["world_size"] == 2
+    resumed = _torchrun(2, "resume", run_dir, "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    final, expected = load_ckpt(run_dir / "last.pt"), load_ckpt(tmp_path / "ckpt" / "ref" / "last.pt")
+    for key in ("model", "optimizer", "state", "rng"):
+        assert_same_tensors(final[key], expected[key], key)
+    assert metric_history(run_dir) == metric_history(tmp_path / "ckpt" / "ref")
+
+
+def test_a_checkpoint_from_two_processes_resumes_in_one(tmp_path, cli):
+    path = write_config(tmp_path / "two.yaml", _config(tmp_path, "two", 16))
+    assert _torchrun(2, "train", path, "-q").returncode == 0
+    code, _, err = cli("resume", tmp_path / "ckpt" / "two", "trainer.epochs=3", "-q")
+    assert code == 0, err
+    assert load_ckpt(tmp_path / "ckpt" / "two" / "last.pt")["epoch"] == 3
+
+
+def test_two_nodes_with_c10d_rendezvous(tmp_path):
+    path = write_config(tmp_path / "nodes.yaml", _config(tmp_path, "nodes", 16))
+    endpoint = f"127.0.0.1:{_free_port()}"
+    command = TORCHRUN + ["--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}",
+                          "--rdzv_id=trainkit-test", "-m", "trainkit", "train", str(path), "-q"]
+    nodes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=subprocess_env()) for _ in range(2)]
+    outputs = [node.communicate(timeout=240) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    assert sum(out.count("trained 2 epochs, 8 steps") for out, _ in outputs) == 1
+    assert load_ckpt(tmp_path / "ckpt" / "nodes" / "last.pt")["world_size"] == 2
+
+
+CRASH_PLUGIN = '''
+import os
+from torch import nn
+from trainkit import MODELS
+
+class CrashOnRank1(nn.Module):
+    def __init__(self, input_shape, num_classes):
+        super().__init__()
+        self.linear = nn.Linear(input_shape[0] * input_shape[1] * input_shape[2], num_classes)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if os.environ.get("RANK") == "1" and self.calls == 3:
+            raise RuntimeError("boom: rank 1 failed on purpose")
+        return self.linear(x.flatten(1))
+
+MODELS.register("crash_on_rank1")(CrashOnRank1)
+'''
+
+
+def test_a_crash_on_rank_1_stops_the_whole_job_quickly_with_its_error(tmp_path):
+    (tmp_path / "crash_plugin.py").write_text(CRASH_PLUGIN)
+    config = _config(tmp_path, "crash", 16, imports=["crash_plugin"])
+    config["model"] = {"name": "crash_on_rank1"}
+    path = write_config(tmp_path / "crash.yaml", config)
+    env = subprocess_env()
+    env["PYTHONPATH"] = str(tmp_path)
+    started = time.time()
+    result = _torchrun(2, "train", path, "-q", env=env, timeout=120)
+    elapsed = time.time() - started
+    assert result.returncode != 0
+    assert "RuntimeError: boom: rank 1 failed on purpose" in result.stderr
+    assert elapsed < 60, elapsed
