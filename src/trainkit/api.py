@@ -264,7 +264,8 @@ def evaluate(checkpoint: str | Path, split: str = "test", overrides: list[str] |
         module = build_model(cfg, bundle.info, dev)
         load_model_state(module, ckpt["model"], str(path))
         batches = eval_batches(cfg, bundle, dev, ctx, split)
-        autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if cfg.trainer.precision == "bf16" else None
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.trainer.precision)
+        autocast = (lambda: torch.autocast(dev.type, dtype=dtype)) if dtype is not None else None
         metrics = evaluate_model(module, batches, task=bundle.info.task, device=dev, dist=ctx, autocast=autocast)
         return {"split": split, **metrics}
     finally:
