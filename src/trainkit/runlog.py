@@ -33,8 +33,11 @@ class RunLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step drops events a killed run wrote after its last checkpoint
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+            # purge_step is the step of the checkpoint being resumed: drop the events a killed run
+            # wrote after it. TensorBoard hides events at steps >= its purge_step, and the events
+            # of the checkpoint's own step were written before it was saved, so they stay: + 1.
+            tb_purge = None if purge_step is None else purge_step + 1
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=tb_purge)
 
     def write(self, record: dict[str, Any]) -> None:
         try:
