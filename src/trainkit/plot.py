@@ -59,10 +59,16 @@ def load_curves(run: str | Path) -> dict[str, Any]:
         "name": path.parent.name,
         "train": (train_x, train_y),
         "train_per_epoch": not train,
-        "val_loss": ([r["epoch"] for r in epochs if "val_loss" in r], [r["val_loss"] for r in epochs if "val_loss" in r]),
-        "score": ([r["epoch"] for r in epochs if score_key in r], [r[score_key] for r in epochs if score_key in r]),
+        "val_loss": _series(epochs, "val_loss"),
+        "score": _series(epochs, score_key),
         "score_key": score_key,
     }
+
+
+def _series(epochs: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """(epochs, values) of one metric of the epoch records (records without it skipped)."""
+    having = [r for r in epochs if key in r]
+    return [r["epoch"] for r in having], [r[key] for r in having]
 
 
 def _import_matplotlib() -> tuple[Any, Any, Any]:
@@ -119,6 +125,6 @@ def _labels(names: list[str]) -> list[str]:
 
 
 def _spans_decades(curves: list[dict[str, Any]]) -> bool:
-    """A log scale when the losses fall by over 100x, so the late epochs stay visible."""
+    """A log scale when the losses fall by over 20x, so the late epochs stay visible."""
     values = [v for c in curves for v in c["train"][1] + c["val_loss"][1] if isinstance(v, (int, float)) and v > 0]
-    return bool(values) and max(values) / min(values) > 100
+    return bool(values) and max(values) / min(values) > 20
