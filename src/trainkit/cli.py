@@ -113,7 +113,8 @@ def _print_result(result: dict[str, Any], quiet: bool, verb: str) -> None:
 
     from trainkit.progress import summary_table
 
-    console = Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
+    # NO_COLOR means no escape codes at all: rich's own no_color still sends bold and italic
+    console = Console(color_system=None if os.environ.get("NO_COLOR") else "auto", highlight=False)
     if not quiet and result["history"]:
         console.print(summary_table(result["history"], f"{verb}: {result['run_dir']}"))
     best = result["best_metric"]
@@ -292,7 +293,8 @@ def runs(
 
 @app.command()
 def plot(
-    run_dirs: List[str] = typer.Argument(..., metavar="RUN...", help="Run folders (or their metrics.jsonl), one colour each."),
+    run_dirs: List[str] = typer.Argument(..., metavar="RUN...",
+                                         help="Run folders (or their metrics.jsonl), one colour each."),
     output: str = typer.Option("curves.png", "--output", "-o", help="Image to write: .png, .svg or .pdf."),
     width: int = typer.Option(900, "--width", help="Figure width in pixels."),
     height: int = typer.Option(350, "--height", help="Figure height in pixels."),
@@ -315,7 +317,8 @@ def predict(
     images: List[str] = typer.Argument(..., metavar="IMAGE...", help="PNG/JPEG files to classify."),
     ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint file (or run folder: its best.pt)."),
     top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="How many classes to show per image."),
-    invert: bool = typer.Option(False, "--invert", help="Invert the pixels first (dark-on-light photos for MNIST-like data)."),
+    invert: bool = typer.Option(False, "--invert",
+                                help="Invert the pixels first (dark-on-light photos for MNIST-like data)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list to stdout."),
 ) -> None:
     """Classify images with a trained checkpoint: top-k class names with probabilities.
@@ -325,7 +328,8 @@ def predict(
     """
 
     def body() -> None:
-        from trainkit.predict import format_predictions, predict as run_predict
+        from trainkit.predict import format_predictions
+        from trainkit.predict import predict as run_predict
 
         results = run_predict(ckpt, images, top_k, invert)
         print(json.dumps(results) if as_json else format_predictions(results))
