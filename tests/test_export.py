@@ -68,6 +68,7 @@ def test_exported_files_run_without_trainkit_and_match_the_checkpoint(cli, train
     for fmt, path in files.items():
         code, out, err = cli("export", "--ckpt", ckpt, "-o", path, "--format", fmt)
         assert code == 0, err
+        assert err == ""  # no deprecation or file-name warnings from torch
         assert out.startswith(f"wrote {path} ({fmt}, ") and "float images in [0, 1]" in out
         assert "shape (N, 3, 8, 8)" in out
 

@@ -71,14 +71,19 @@ def _capture(module: nn.Module, example: torch.Tensor, fmt: str) -> Any:
 
 
 def _save(program: Any, path: Path, fmt: str, meta: str) -> None:
+    # Written beside the target and renamed over it, so `path` is never a half-written file.
+    # An open file, not a name: torch.export warns about any name not ending in .pt2.
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        if fmt == "export":
-            torch.export.save(program, tmp, extra_files={META_FILE: meta})
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                torch.jit.save(program, str(tmp), _extra_files={META_FILE: meta})
+        with open(tmp, "wb") as f:
+            if fmt == "export":
+                torch.export.save(program, f, extra_files={META_FILE: meta})
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)
+                    torch.jit.save(program, f, _extra_files={META_FILE: meta})
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         raise TrainkitError(f"cannot write {path}: {exc.strerror or exc}") from None
