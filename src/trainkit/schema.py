@@ -57,8 +57,7 @@ def _builder_schema(registry: Registry, name: str, defs: dict[str, Any]) -> dict
     return branch
 
 
-def _component_schema(section: str, registry: Registry, defs: dict[str, Any],
-                      own: dict[str, Any]) -> dict[str, Any]:
+def _component_schema(registry: Registry, defs: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
     branches = []
     for name in registry.names():
         branch = _builder_schema(registry, name, defs)
@@ -84,7 +83,7 @@ def config_schema() -> dict[str, Any]:
     properties = schema["properties"]
     for section, registry in REGISTRIES.items():
         own = data_own if section == "data" else {}
-        component = _component_schema(section, registry, defs, own)
+        component = _component_schema(registry, defs, own)
         if section in schema.get("required", []):
             properties[section] = component
         else:  # optional sections (scheduler) may also be null
