@@ -217,3 +217,23 @@ def test_device_cuda_without_cuda_is_a_usage_error(cli, tmp_path):
     assert code == 2
     assert "trainer.device: 'cuda' was asked for, but this machine has no CUDA device" in err
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_exponent_floats_read_as_numbers_like_yaml_1_2(tmp_path):
+    path = tmp_path / "exp.yaml"
+    config = tiny_config(tmp_path)
+    text = write_config(path, config).read_text().replace("lr: 0.01", "lr: 1e-2")
+    path.write_text(text.replace("seed: 0", "seed: 1_000"))
+    cfg = load_config(path, ["trainer.grad_clip=5e-1"])
+    assert cfg.optimizer.options()["lr"] == 0.01 and cfg.trainer.grad_clip == 0.5 and cfg.seed == 1000
+
+
+def test_a_key_given_twice_is_an_error(cli, tmp_path):
+    path = tmp_path / "twice.yaml"
+    text = write_config(path, tiny_config(tmp_path)).read_text()
+    path.write_text(text + "seed: 3\n")
+    first = text.splitlines().index("seed: 0") + 1
+    last = len(text.splitlines()) + 1
+    code, _, err = cli("validate", path)
+    assert code == 2
+    assert err == f"error: {path}: line {last}: seed: key given twice (first on line {first})\n"

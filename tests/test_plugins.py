@@ -128,3 +128,22 @@ def test_commands_from_a_checkpoint_name_the_missing_plugin(cli, tmp_path, monke
     assert code == 2 and out == ""
     assert f"needs plugin module '{PLUGIN}' (ModuleNotFoundError" in err
     assert err.count("\n") == 1
+
+
+@pytest.mark.usefixtures("isolated_registries")
+def test_entry_point_naming_a_function_is_called(cli, tmp_path, monkeypatch):
+    module = tmp_path / "site" / "register_later.py"
+    module.parent.mkdir(parents=True)
+    module.write_text(
+        "def register():\n"
+        "    from trainkit.registry import OPTIMIZERS\n"
+        "    @OPTIMIZERS.register('sgd_from_function')\n"
+        "    def sgd_from_function(params, lr: float = 0.1):\n"
+        "        '''SGD, registered by an entry-point function.'''\n"
+        "        import torch\n"
+        "        return torch.optim.SGD(params, lr=lr)\n")
+    monkeypatch.syspath_prepend(str(write_entry_point_dist(tmp_path / "site", value="register_later:register")))
+    _fresh_entry_point_scan(monkeypatch)
+    code, out, err = cli("ls", "optimizers")
+    assert code == 0, err
+    assert "sgd_from_function" in out

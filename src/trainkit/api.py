@@ -255,7 +255,9 @@ def evaluate(checkpoint: str | Path, split: str = "test", overrides: list[str] |
         path = found[0]
     ckpt = load_checkpoint(path)
     plugins.require(ckpt.get("plugins", []), f"checkpoint {path}")
-    cfg = resolve(ckpt["config"], _with_device(overrides, device), source=str(path))
+    # evaluation writes no event files: a run logged to TensorBoard evaluates without it
+    overrides = ["logging.tensorboard=false", *_with_device(overrides, device)]
+    cfg = resolve(ckpt["config"], overrides, source=str(path))
     _check_frozen(ckpt["config"], cfg, path)
     ctx = from_env(cfg.trainer.device)
     try:

@@ -120,7 +120,8 @@ def _print_result(result: dict[str, Any], quiet: bool, verb: str) -> None:
     best = result["best_metric"]
     best_text = f"best {result['monitor']} {best:.4f} at epoch {result['best_epoch']}" if best is not None else "no best"
     early = " (stopped early)" if result["stopped_early"] else ""
-    console.print(f"{verb} {result['epochs']} epochs{early}, {result['step']} steps; {best_text}; "
+    epochs = f"{result['epochs']} epoch" + ("" if result["epochs"] == 1 else "s")
+    console.print(f"{verb} {epochs}{early}, {result['step']} steps; {best_text}; "
                   f"checkpoints in {result['run_dir']}", soft_wrap=True)
 
 

@@ -21,7 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from trainkit import plugins
 from trainkit.errors import ConfigError
 from trainkit.registry import REGISTRIES, Registry, did_you_mean
-from trainkit.yamlio import KeyPath, read_yaml_file
+from trainkit.yamlio import KeyPath, parse_yaml, read_yaml_file
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -36,8 +36,14 @@ def _matching(pattern: str, expected: str):
     return AfterValidator(check)
 
 
-RunName = Annotated[str, _matching(r"[A-Za-z0-9][A-Za-z0-9._-]*", "a folder name (letters, digits, '.', '_', '-')")]
-Device = Annotated[str, _matching(r"auto|cpu|mps|cuda(:\d+)?", "one of auto, cpu, cuda, cuda:N, mps")]
+def _pattern(pattern: str) -> Any:
+    # _matching gives a readable message; the schema keeps the pattern for editors
+    return Field(json_schema_extra={"pattern": f"^({pattern})$"})
+
+
+_NAME, _DEVICE = r"[A-Za-z0-9][A-Za-z0-9._-]*", r"auto|cpu|mps|cuda(:\d+)?"
+RunName = Annotated[str, _matching(_NAME, "a folder name (letters, digits, '.', '_', '-')"), _pattern(_NAME)]
+Device = Annotated[str, _matching(_DEVICE, "one of auto, cpu, cuda, cuda:N, mps"), _pattern(_DEVICE)]
 
 
 class _Section(BaseModel):
@@ -161,8 +167,8 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
     if not sep or not key.strip() or any(not p or " " in p for p in parts):
         raise ConfigError(f"malformed override '{text}': expected key=value, e.g. optimizer.lr=0.1")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
+        parsed = parse_yaml(value, "override")[0] if value.strip() else None
+    except (yaml.YAMLError, ConfigError):
         raise ConfigError(f"malformed override '{text}': the value is not a YAML scalar") from None
     return parts, parsed
 

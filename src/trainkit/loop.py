@@ -164,16 +164,15 @@ def train_one_epoch(run: Run, state: TrainState, events: Events) -> float:
 
 
 def _optimizer_step(run: Run) -> None:
-    params = [p for group in run.optimizer.param_groups for p in group["params"]]
+    if run.grad_clip:
+        if run.scaler is not None:
+            run.scaler.unscale_(run.optimizer)  # clip the true gradients, not the scaled ones
+        params = [p for group in run.optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, run.grad_clip)
     if run.scaler is not None:
-        if run.grad_clip:
-            run.scaler.unscale_(run.optimizer)
-            torch.nn.utils.clip_grad_norm_(params, run.grad_clip)
         run.scaler.step(run.optimizer)
         run.scaler.update()
     else:
-        if run.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, run.grad_clip)
         run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     if run.scheduler is not None:

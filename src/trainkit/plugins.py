@@ -2,7 +2,8 @@
 
 Two ways in, both ending in `@MODELS.register(...)` (or DATASETS, ...) being run:
 - a config's `imports: [my_project.models]`: modules imported before the config is checked;
-- installed packages that declare the entry-point group `trainkit.plugins`.
+- installed packages that declare the entry-point group `trainkit.plugins`, naming a
+  module (imported) or a function (imported and called).
 
 A checkpoint records the modules its components came from, so `eval` and `resume`
 can import them again, or say clearly which one is missing.
@@ -34,7 +35,9 @@ def load_entry_points() -> None:
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
-            ep.load()
+            loaded = ep.load()
+            if callable(loaded) and not isinstance(loaded, type):
+                loaded()  # `pkg:register`: a function that registers the components
         except Exception as exc:  # one bad package must not take trainkit down
             log.warning("plugin entry point '%s' (%s) failed to load: %s", ep.name, ep.value, exc)
 
