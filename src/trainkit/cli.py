@@ -32,8 +32,14 @@ DEVICE = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps (
 QUIET = typer.Option(False, "--quiet", "-q", help="Only errors and the final result.")
 
 
+def _under_torchrun() -> bool:
+    return "TORCHELASTIC_ERROR_FILE" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def _err(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    # under torchrun every rank writes to the same terminal: say which one speaks
+    prefix = f"[rank {os.environ.get('RANK', '?')}] " if _under_torchrun() else ""
+    print(prefix + text, file=sys.stderr, flush=True)
 
 
 class _WarningHandler(logging.Handler):
@@ -56,12 +62,17 @@ def _call(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except TrainingInterrupted as exc:
-        _err(f"{exc}")
-        if exc.run_dir:
-            _err(f"resume with: trainkit resume {exc.run_dir}")
+        if _is_main():
+            _err(f"{exc}")
+            if exc.run_dir:
+                _err(f"resume with: trainkit resume {exc.run_dir}")
         raise typer.Exit(exc.exit_code) from None
     except TrainkitError as exc:
         _err(f"error: {exc}")
+        if "TORCHELASTIC_ERROR_FILE" in os.environ:  # torchrun's failure summary shows this rank's message
+            from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+            get_error_handler().record_exception(exc)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         _err("interrupted")
@@ -369,7 +380,13 @@ def _is_main() -> bool:
 
 
 def main() -> None:
-    app()
+    if "TORCHELASTIC_ERROR_FILE" in os.environ:
+        # a worker under torchrun: record an unexpected exception's traceback for its summary
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        record(app)()
+    else:
+        app()
 
 
 if __name__ == "__main__":
