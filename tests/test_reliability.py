@@ -304,3 +304,27 @@ def test_truncated_dataset_file(cli, tmp_path):
     assert code == 1
     assert err.startswith(f"error: {labels}: cannot read")
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_resume_skips_a_corrupt_newest_checkpoint_and_keeps_it_aside(cli, tmp_path, monkeypatch):
+    from trainkit.api import Session
+    from trainkit.errors import TrainingInterrupted
+
+    reference = tiny_config(tmp_path, name="ref", checkpoint={"every_n_steps": 2, "keep_last": 3})
+    trainkit.train(reference, quiet=True)
+    monkeypatch.setattr(Session, "stop_requested", lambda self, state: state.step == 5)
+    with pytest.raises(TrainingInterrupted):
+        trainkit.train(dict(reference, name="run"), quiet=True)
+    monkeypatch.undo()
+    run = tmp_path / "ckpt" / "run"
+    newest = run / "step-000000005.pt"
+    newest.write_bytes(newest.read_bytes()[:2000])  # damaged in place (last.pt is the same file)
+    code, _, err = cli("resume", run, "-q")
+    assert code == 0, err
+    assert f"warning: {newest}: truncated, corrupt or not a checkpoint file" in err
+    assert "using the previous good checkpoint step-000000004.pt instead" in err
+    assert (run / "step-000000005.pt.corrupt").exists()
+    final, expected = load_ckpt(run / "last.pt"), load_ckpt(tmp_path / "ckpt" / "ref" / "last.pt")
+    for key in ("model", "optimizer", "state", "rng"):
+        assert_same_tensors(final[key], expected[key], key)
+    assert metric_history(run) == metric_history(tmp_path / "ckpt" / "ref")
