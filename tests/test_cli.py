@@ -169,3 +169,19 @@ def test_checkpoint_from_cuda_like_device_loads_on_cpu(tmp_path):
     tensors = [t for t in ckpt["model"].values()] + [
         t for state in ckpt["optimizer"]["state"].values() for t in state.values() if isinstance(t, torch.Tensor)]
     assert tensors and all(t.device.type == "cpu" for t in tensors)
+
+
+def test_a_checkpoint_trained_on_cuda_evaluates_on_a_cpu_only_machine(cli, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    import trainkit
+
+    trainkit.train(tiny_config(tmp_path), quiet=True)
+    ckpt = load_ckpt(tmp_path / "ckpt" / "tiny" / "best.pt")
+    ckpt["config"]["trainer"]["device"] = "cuda"  # as if trained with --device cuda
+    torch.save(ckpt, tmp_path / "from_gpu.pt")
+    code, out, err = cli("eval", "--ckpt", tmp_path / "from_gpu.pt", "--json")
+    assert code == 0, err
+    assert json.loads(out)["accuracy"] == pytest.approx(ckpt["best_metric"])
+    code, _, err = cli("eval", "--ckpt", tmp_path / "from_gpu.pt", "--device", "cuda")
+    assert code == 2 and "'cuda' was asked for, but this machine has no CUDA device" in err

@@ -169,7 +169,7 @@ def test_override_of_key_that_does_not_exist(cli, tmp_path):
 def test_malformed_override(cli, tmp_path):
     path = write_config(tmp_path / "cfg.yaml", tiny_config(tmp_path))
     err = _train_writes_nothing(cli, tmp_path, path, "lr0.1")
-    assert err == "error: malformed override 'lr0.1': expected key=value, e.g. optimizer.lr=0.1\n"
+    assert err == "error: malformed override 'lr0.1': expected key=value, e.g. optimizer.lr=0.1 (or ~key to remove one)\n"
 
 
 @pytest.mark.parametrize("text", ["=1", "a..b=1", "a b=2", "x=[1,"])
@@ -237,3 +237,14 @@ def test_a_key_given_twice_is_an_error(cli, tmp_path):
     code, _, err = cli("validate", path)
     assert code == 2
     assert err == f"error: {path}: line {last}: seed: key given twice (first on line {first})\n"
+
+
+def test_tilde_override_removes_a_key_to_switch_components(tmp_path):
+    config = tiny_config(tmp_path, optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True})
+    path = write_config(tmp_path / "sgd.yaml", config)
+    cfg = load_config(path, ["optimizer.name=adamw", "~optimizer.momentum", "~optimizer.nesterov"])
+    assert cfg.optimizer.name == "adamw" and "momentum" not in cfg.optimizer.options()
+    with pytest.raises(ConfigError, match=r"override '~optimizer.betas': optimizer.betas is not set"):
+        load_config(path, ["~optimizer.betas"])
+    with pytest.raises(ConfigError, match="malformed override '~'"):
+        load_config(path, ["~"])

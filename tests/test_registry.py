@@ -128,3 +128,14 @@ def test_classifier_on_regression_data_is_a_config_error():
 
     with pytest.raises(ConfigError, match="model 'cnn' needs image inputs"):
         MODELS.build("cnn", {}, input_shape=(1,), num_classes=None, num_outputs=1)
+
+
+def test_fast_cnn_pools_before_batch_norm_and_sizes_itself():
+    import torch
+
+    model = MODELS.build("fast_cnn", {"widths": [8, 16], "convs_per_block": 2}, input_shape=(3, 32, 32),
+                         num_classes=5, num_outputs=5)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 5)
+    first_block = [type(m).__name__ for m in model.blocks[0].modules()][1:]
+    assert first_block == ["Sequential", "Conv2d", "BatchNorm2d", "ReLU",
+                           "Sequential", "Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"]

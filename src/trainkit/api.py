@@ -17,13 +17,14 @@ from typing import Any
 import torch
 
 from trainkit import plugins, rng
-from trainkit.checkpoint import RunFolder, atomic_write_text, load_checkpoint, open_for_resume
+from trainkit.checkpoint import RunFolder, checkpoint_file, load_checkpoint, open_for_resume
 from trainkit.config import ExperimentConfig, get_path, load_config, resolve
 from trainkit.distributed import DistContext, from_env, resolve_device
 from trainkit.engine import build_model, build_run, checkpoint_payload, eval_batches, load_data, \
-    load_model_state, restore_training
-from trainkit.errors import CheckpointError, CheckpointNotFoundError, ConfigError, NonFiniteLossError, RunExistsError, \
+    load_model_state, prepare_device, restore_training
+from trainkit.errors import CheckpointError, ConfigError, NonFiniteLossError, RunExistsError, \
     TrainingInterrupted, UsageError
+from trainkit.fileio import atomic_write_text
 from trainkit.loop import Run, TrainState, evaluate as evaluate_model, fit
 from trainkit.optim import DEPENDS_ON_TOTAL
 from trainkit.progress import Reporter
@@ -168,8 +169,7 @@ def train(config: str | Path | dict | ExperimentConfig, overrides: list[str] | t
     if folder.holds_run() and not overwrite:
         raise RunExistsError(f"{folder.path} already holds a run; continue it with `trainkit resume {folder.path}`, "
                              "choose another name (name=...), or pass --overwrite to replace it")
-    ctx = from_env(cfg.trainer.device)
-    try:
+    with from_env(cfg.trainer.device) as ctx:
         dev = resolve_device(cfg.trainer.device, ctx)
         rng.seed_everything(cfg.seed)
         bundle = load_data(cfg)
@@ -187,8 +187,6 @@ def train(config: str | Path | dict | ExperimentConfig, overrides: list[str] | t
             batch = cfg.data.batch_size
             reporter.message(f"{ctx.world_size} processes x batch {batch} = effective batch {ctx.world_size * batch}")
         return Session(cfg, run, module, bundle.info, folder, runlog, reporter).fit(TrainState())
-    finally:
-        ctx.close()
 
 
 def resume(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, device: str | None = None,
@@ -216,8 +214,7 @@ def resume(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, dev
         why = "stopped early" if state.get("stopped_early") else f"{ckpt['epoch']}/{cfg.trainer.epochs} epochs"
         raise UsageError(f"{folder.path} is already complete ({why}); "
                          f"to train longer: trainkit resume {folder.path} trainer.epochs=N")
-    ctx = from_env(cfg.trainer.device)
-    try:
+    with from_env(cfg.trainer.device) as ctx:
         dev = resolve_device(cfg.trainer.device, ctx)
         bundle = load_data(cfg)
         module = build_model(cfg, bundle.info, dev)
@@ -238,8 +235,6 @@ def resume(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, dev
         reporter.message(f"resuming {folder.path} from {source.name}: epoch {train_state.epoch + 1}, "
                          f"batch {train_state.batch}, step {train_state.step}")
         return Session(cfg, run, module, bundle.info, folder, runlog, reporter).fit(train_state)
-    finally:
-        ctx.close()
 
 
 def evaluate(checkpoint: str | Path, split: str = "test", overrides: list[str] | tuple[str, ...] = (), *,
@@ -247,21 +242,17 @@ def evaluate(checkpoint: str | Path, split: str = "test", overrides: list[str] |
     """Metrics of a checkpoint's model on its data set's test (or train) split."""
     if split not in ("test", "train"):
         raise UsageError(f"split must be 'test' or 'train', got '{split}'")
-    path = Path(checkpoint)
-    if path.is_dir():
-        found = [path / n for n in ("best.pt", "last.pt") if (path / n).exists()]
-        if not found:
-            raise CheckpointNotFoundError(f"{path} holds no checkpoint (no best.pt or last.pt)")
-        path = found[0]
+    path = checkpoint_file(checkpoint)
     ckpt = load_checkpoint(path)
     plugins.require(ckpt.get("plugins", []), f"checkpoint {path}")
-    # evaluation writes no event files: a run logged to TensorBoard evaluates without it
-    overrides = ["logging.tensorboard=false", *_with_device(overrides, device)]
+    # Evaluation writes no event files (a run logged to TensorBoard evaluates without it),
+    # and runs wherever it is asked to: a checkpoint trained on `cuda` evaluates on a laptop.
+    overrides = ["logging.tensorboard=false", "trainer.device=auto", *_with_device(overrides, device)]
     cfg = resolve(ckpt["config"], overrides, source=str(path))
     _check_frozen(ckpt["config"], cfg, path)
-    ctx = from_env(cfg.trainer.device)
-    try:
+    with from_env(cfg.trainer.device) as ctx:
         dev = resolve_device(cfg.trainer.device, ctx)
+        prepare_device(cfg, dev)
         bundle = load_data(cfg)
         module = build_model(cfg, bundle.info, dev)
         load_model_state(module, ckpt["model"], str(path))
@@ -270,5 +261,3 @@ def evaluate(checkpoint: str | Path, split: str = "test", overrides: list[str] |
         autocast = (lambda: torch.autocast(dev.type, dtype=dtype)) if dtype is not None else None
         metrics = evaluate_model(module, batches, task=bundle.info.task, device=dev, dist=ctx, autocast=autocast)
         return {"split": split, **metrics}
-    finally:
-        ctx.close()

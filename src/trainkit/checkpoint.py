@@ -14,86 +14,26 @@ is only pruned after the new one and the pointer are in place. Loading always us
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
 import pickle
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from trainkit.errors import CheckpointError, CheckpointNotFoundError
+from trainkit.fileio import atomic_link, atomic_write, atomic_write_text
 
 FORMAT_VERSION = 1
 log = logging.getLogger("trainkit")
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_failed(path: Path, exc: OSError) -> CheckpointError:
-    reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-    return CheckpointError(f"could not write {path}: {reason}; the files already there are untouched")
-
-
-def _atomic(path: Path, write) -> None:
-    """Run `write(file)` on a temp file beside `path`, fsync it, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise write_failed(path, exc) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def atomic_save(obj: Any, path: Path) -> None:
-    _atomic(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def _atomic_link(source: Path, target: Path) -> None:
-    """Make `target` name the same file as `source` (a copy where hard links are not supported)."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    try:
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise write_failed(target, exc) from None
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def to_cpu(obj: Any) -> Any:
@@ -179,9 +119,9 @@ class RunFolder:
     def save(self, ckpt: dict[str, Any], is_best: bool) -> Path:
         target = self.path / f"step-{ckpt['step']:09d}.pt"
         atomic_save(ckpt, target)
-        _atomic_link(target, self.last)
+        atomic_link(target, self.last)
         if is_best:
-            _atomic_link(target, self.best)
+            atomic_link(target, self.best)
         pointer = {"checkpoint": target.name, "step": ckpt["step"], "epoch": ckpt["epoch"],
                    "bytes": target.stat().st_size}
         atomic_write_text(self.pointer, json.dumps(pointer) + "\n")
@@ -190,7 +130,7 @@ class RunFolder:
         return target
 
     def mark_best(self, source: Path) -> None:
-        _atomic_link(source, self.best)
+        atomic_link(source, self.best)
 
     def _candidates(self) -> list[Path]:
         """Checkpoints newest first: the pointer's, then step files by step, then last.pt."""
@@ -241,6 +181,17 @@ class RunFolder:
     def newest_step(self) -> int | None:
         steps = self.step_files()
         return steps[-1][0] if steps else None
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """A checkpoint file as given, or a run folder's best.pt (its last.pt when there is no best)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for name in ("best.pt", "last.pt"):
+        if (path / name).exists():
+            return path / name
+    raise CheckpointNotFoundError(f"{path} holds no checkpoint (no best.pt or last.pt)")
 
 
 def open_for_resume(path: str | Path) -> tuple[Path, dict[str, Any], list[Path]]:

@@ -87,6 +87,7 @@ class TrainerConfig(_Section):
     compile: bool = Field(False, description="torch.compile the model")
     channels_last: bool = False
     cudnn_benchmark: bool = Field(True, description="let cuDNN pick the fastest kernels (CUDA only)")
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = Field(0.0, description="training loss only (classification)")
     accumulate_grad_batches: PositiveInt = 1
     limit_batches: PositiveInt | None = Field(None, description="train on at most this many batches per epoch")
     limit_eval_batches: PositiveInt | None = Field(None, description="evaluate on at most this many batches")
@@ -160,12 +161,24 @@ class _Context:
 
 # ---------------------------------------------------------------- overrides
 
+_DELETE = object()  # the value of a `~key` override
+
+
 def parse_override(text: str) -> tuple[KeyPath, Any]:
-    """'optimizer.lr=0.1' -> (('optimizer', 'lr'), 0.1); values are YAML scalars."""
-    key, sep, value = text.partition("=")
+    """'optimizer.lr=0.1' -> (('optimizer', 'lr'), 0.1); values are YAML scalars.
+    '~optimizer.momentum' (Hydra's syntax) removes a key, e.g. when switching optimizers."""
+    if text.startswith("~") and "=" not in text:
+        key, value = text[1:], _DELETE
+    else:
+        key, sep, value = text.partition("=")
+        if not sep:
+            key = ""
     parts = tuple(key.strip().split("."))
-    if not sep or not key.strip() or any(not p or " " in p for p in parts):
-        raise ConfigError(f"malformed override '{text}': expected key=value, e.g. optimizer.lr=0.1")
+    if not key.strip() or any(not p or " " in p for p in parts):
+        raise ConfigError(f"malformed override '{text}': expected key=value, e.g. optimizer.lr=0.1 "
+                          "(or ~key to remove one)")
+    if value is _DELETE:
+        return parts, value
     try:
         parsed = parse_yaml(value, "override")[0] if value.strip() else None
     except (yaml.YAMLError, ConfigError):
@@ -174,7 +187,7 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[KeyPath, str]:
-    """Set each override in `raw` (in place); returns key path -> override text."""
+    """Set (or remove) each override in `raw`, in place; returns key path -> override text."""
     origin: dict[KeyPath, str] = {}
     for text in overrides:
         path, value = parse_override(text)
@@ -187,8 +200,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
                 where = ".".join(path[: i + 1])
                 raise ConfigError(f"override '{text}': {where} is a value, not a section")
             node = child
-        node[path[-1]] = value
-        origin[path] = text
+        if value is _DELETE:
+            if path[-1] not in node:
+                raise ConfigError(f"override '{text}': {'.'.join(path)} is not set, so it cannot be removed")
+            del node[path[-1]]
+        else:
+            node[path[-1]] = value
+            origin[path] = text
     return origin
 
 

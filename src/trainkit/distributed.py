@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from trainkit.errors import ConfigError
+from trainkit.errors import ConfigError, TrainingInterrupted
 
 
 @dataclass
@@ -63,9 +63,21 @@ class DistContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def close(self) -> None:
+    def close(self, clean: bool = True) -> None:
         if self.enabled and dist.is_initialized():
+            if clean:
+                # leave together: a rank that tears its connections down while a peer still
+                # uses them can make gloo abort that peer at exit. After a failure no barrier:
+                # the peers may be elsewhere, and torchrun stops them anyway.
+                dist.barrier()
             dist.destroy_process_group()
+
+    def __enter__(self) -> "DistContext":
+        return self
+
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+        # an interruption is agreed by every rank after a common checkpoint: still in step
+        self.close(clean=exc_type is None or issubclass(exc_type, TrainingInterrupted))
 
 
 def from_env(device_preference: str) -> DistContext:

@@ -15,7 +15,6 @@ extra file. After writing, the file is loaded back and checked against the model
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from torch import nn
 
 from trainkit.data import DatasetInfo
 from trainkit.errors import TrainkitError, UsageError
+from trainkit.fileio import atomic_write
 from trainkit.predict import load_trained_model
 
 FORMATS = ("export", "torchscript")
@@ -71,24 +71,17 @@ def _capture(module: nn.Module, example: torch.Tensor, fmt: str) -> Any:
 
 
 def _save(program: Any, path: Path, fmt: str, meta: str) -> None:
-    # Written beside the target and renamed over it, so `path` is never a half-written file.
-    # An open file, not a name: torch.export warns about any name not ending in .pt2.
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            if fmt == "export":
-                torch.export.save(program, f, extra_files={META_FILE: meta})
-            else:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", FutureWarning)
-                    torch.jit.save(program, f, _extra_files={META_FILE: meta})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise TrainkitError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    # atomically, so `path` is never half-written; through an open file, not a name, since
+    # torch.export warns about any name not ending in .pt2
+    def write(f: Any) -> None:
+        if fmt == "export":
+            torch.export.save(program, f, extra_files={META_FILE: meta})
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                torch.jit.save(program, f, _extra_files={META_FILE: meta})
+
+    atomic_write(path, write)
 
 
 def load_exported(path: str | Path, fmt: str) -> Any:

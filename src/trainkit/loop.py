@@ -63,6 +63,7 @@ class Run:
     accumulate: int = 1
     grad_clip: float | None = None
     precision: str = "fp32"
+    label_smoothing: float = 0.0  # training loss only: validation reports plain cross-entropy
     early_stopping: Any = None  # EarlyStoppingConfig or None
     monitor: tuple[str, str] = ("val_accuracy", "max")  # which epoch metric makes best.pt
 
@@ -72,11 +73,11 @@ class Run:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def loss(self, output: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         output = output.float()
         if self.task == "classification":
-            return F.cross_entropy(output, target, reduction=reduction)
-        return F.mse_loss(output, target.view_as(output), reduction=reduction)
+            return F.cross_entropy(output, target, label_smoothing=self.label_smoothing)
+        return F.mse_loss(output, target.view_as(output))
 
 
 class Events(Protocol):

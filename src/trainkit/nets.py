@@ -51,16 +51,22 @@ class MLP(nn.Module):
         return self.layers(x)
 
 
-def _conv_bn(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+def _conv_bn(c_in: int, c_out: int, pool: bool = False) -> nn.Sequential:
+    # Pooling right after the convolution (max-pool commutes with the per-channel affine BN
+    # and with ReLU, up to BN's sign) runs BN and ReLU on a quarter of the pixels: on a CPU
+    # that is about a fifth of the step time.
+    layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)]
+    layers += [nn.MaxPool2d(2)] if pool else []
+    return nn.Sequential(*layers, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
 class FastCNN(nn.Module):
     """A small conv-BN net for time-to-accuracy recipes.
 
-    Blocks of conv3x3-BN-ReLU with a max-pool after each block; global max pool; one
-    linear layer with a fixed logit scale (a trick from fast CIFAR recipes that lets
-    BatchNorm nets train at high learning rates without a large final layer).
+    Blocks of 3x3 convolutions, the last of each block followed by a 2x2 max-pool, then BN
+    and ReLU; a global max-pool; one linear layer with a fixed logit scale (a trick from
+    fast CIFAR recipes that lets BatchNorm nets train at high learning rates without a
+    large final layer).
     """
 
     def __init__(self, in_channels: int, num_classes: int, widths: list[int], convs_per_block: int = 1,
@@ -68,8 +74,9 @@ class FastCNN(nn.Module):
         super().__init__()
         blocks, c_in = [], in_channels
         for width in widths:
-            layers = [_conv_bn(c_in, width)] + [_conv_bn(width, width) for _ in range(convs_per_block - 1)]
-            blocks.append(nn.Sequential(*layers, nn.MaxPool2d(2)))
+            layers = [_conv_bn(c_in if i == 0 else width, width, pool=(i == convs_per_block - 1))
+                      for i in range(convs_per_block)]
+            blocks.append(nn.Sequential(*layers))
             c_in = width
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(c_in, num_classes, bias=False)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from trainkit import plugins
-from trainkit.checkpoint import load_checkpoint
+from trainkit.checkpoint import checkpoint_file, load_checkpoint
 from trainkit.config import ExperimentConfig, resolve
 from trainkit.data import Batches, DatasetInfo, TensorSplit
 from trainkit.engine import build_model, load_model_state
@@ -25,14 +25,6 @@ from trainkit.errors import CheckpointError, UsageError
 CPU = torch.device("cpu")
 # Rebuilding a model needs none of the logging machinery the run was trained with.
 REBUILD_OVERRIDES = ["logging.tensorboard=false", "trainer.device=cpu"]
-
-
-def checkpoint_file(path: str | Path) -> Path:
-    """A checkpoint file, or a run folder's best.pt (last.pt when there is no best)."""
-    path = Path(path)
-    if path.is_dir():
-        return path / "best.pt" if (path / "best.pt").exists() else path / "last.pt"
-    return path
 
 
 def dataset_info(ckpt: dict[str, Any], source: Path) -> DatasetInfo:

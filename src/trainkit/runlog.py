@@ -1,5 +1,8 @@
 """The run folder's text files: metrics.jsonl (the source of truth), status.json, TensorBoard.
 
+No torch at import (TensorBoard's writer is imported only when asked for), so `trainkit
+runs` can use the readers here and stay instant.
+
 metrics.jsonl gets one JSON object per line: a "train" record every `log_every` steps,
 an "epoch" record per epoch. A checkpoint remembers how many bytes of it existed when it
 was written; resuming cuts the file back to that length, so the records of steps that
@@ -14,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainkit.checkpoint import atomic_write_text, write_failed
+from trainkit.fileio import atomic_write_text, write_failed
 
 METRICS = "metrics.jsonl"
 STATUS = "status.json"
@@ -81,7 +84,7 @@ def read_records(run_dir: Path, kind: str | None = None) -> list[dict[str, Any]]
             record = json.loads(line)
         except ValueError:
             continue  # a line cut short by a kill -9 before the truncation on resume
-        if kind is None or record.get("type") == kind:
+        if isinstance(record, dict) and (kind is None or record.get("type") == kind):
             records.append(record)
     return records
 
@@ -92,8 +95,14 @@ def write_status(run_dir: Path, status: str, **info: Any) -> None:
     atomic_write_text(Path(run_dir) / STATUS, json.dumps(payload) + "\n")
 
 
-def read_status(run_dir: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A small JSON object file (status.json, latest.json); {} when missing or damaged."""
     try:
-        return json.loads((Path(run_dir) / STATUS).read_text())
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    return read_json(Path(run_dir) / STATUS)

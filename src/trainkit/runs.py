@@ -11,7 +11,6 @@ this machine, the run is reported as interrupted.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -20,9 +19,8 @@ from typing import Any
 import yaml
 
 from trainkit.errors import UsageError
+from trainkit.runlog import METRICS, STATUS, read_json, read_records, read_status
 
-# runlog.py's file names; it is not imported because it pulls in torch, which `runs` never needs
-STATUS, METRICS = "status.json", "metrics.jsonl"
 RUN_MARKERS = ("config.yaml", STATUS, "latest.json", METRICS)
 COLUMNS = ("name", "model", "dataset", "epochs", "best", "status", "updated")
 
@@ -42,14 +40,6 @@ def pid_alive(pid: Any) -> bool:
     return True
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _read_config(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -60,19 +50,8 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def _last_epoch(folder: Path) -> int:
     """The last epoch record's number in metrics.jsonl (0 if none)."""
-    last = 0
-    try:
-        lines = (folder / METRICS).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return 0
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a kill
-        if isinstance(record, dict) and record.get("type") == "epoch":
-            last = record.get("epoch", last)
-    return last
+    records = read_records(folder, "epoch")
+    return records[-1].get("epoch", 0) if records else 0
 
 
 def _section_name(config: dict[str, Any], section: str) -> str | None:
@@ -83,8 +62,8 @@ def _section_name(config: dict[str, Any], section: str) -> str | None:
 def run_info(folder: Path) -> dict[str, Any]:
     """One run's summary; every field may be None when its file is missing or damaged."""
     config = _read_config(folder / "config.yaml")
-    status = _read_json(folder / STATUS)
-    latest = _read_json(folder / "latest.json")
+    status = read_status(folder)
+    latest = read_json(folder / "latest.json")
     epochs_done = status.get("epoch", latest.get("epoch"))
     trainer = config.get("trainer") if isinstance(config.get("trainer"), dict) else {}
     total = status.get("epochs", trainer.get("epochs"))
