@@ -37,7 +37,7 @@ from _common import DEFAULT_ROOT, machine_line, median, print_table
 from trainkit.config import resolve
 from trainkit.data import DataBundle, epoch_permutation
 from trainkit.distributed import DistContext, resolve_device
-from trainkit.engine import build_model, build_run, load_data
+from trainkit.engine import build_model, build_run, load_data, prepare_device
 from trainkit.loop import TrainState, train_one_epoch
 from trainkit.rng import seed_everything
 
@@ -117,7 +117,7 @@ class NoEvents:
     def stop_requested(self, state: TrainState) -> bool:
         return False
 
-    def interrupted(self, state: TrainState) -> None:
+    def interrupted(self, state: TrainState, saved: bool = False) -> None:
         pass
 
     def progress(self, epoch: int, total: int, start: int) -> Any:
@@ -290,6 +290,7 @@ def trainkit_config(args: argparse.Namespace) -> Any:
 def build_contenders(args: argparse.Namespace) -> tuple[list[Any], torch.device, DataBundle]:
     cfg = trainkit_config(args)
     device = resolve_device(cfg.trainer.device, DistContext())
+    prepare_device(cfg, device)  # what trainkit.train does first (CPU: keeps freed host memory for reuse)
     seed_everything(args.seed)
     bundle = load_data(cfg)
     if args.steps * args.batch_size > len(bundle.train):

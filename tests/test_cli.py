@@ -179,6 +179,7 @@ def test_a_checkpoint_trained_on_cuda_evaluates_on_a_cpu_only_machine(cli, tmp_p
     trainkit.train(tiny_config(tmp_path), quiet=True)
     ckpt = load_ckpt(tmp_path / "ckpt" / "tiny" / "best.pt")
     ckpt["config"]["trainer"]["device"] = "cuda"  # as if trained with --device cuda
+    ckpt["config"]["trainer"]["precision"] = "fp16"  # in fp16, which the CPU does not offer: eval uses fp32
     torch.save(ckpt, tmp_path / "from_gpu.pt")
     code, out, err = cli("eval", "--ckpt", tmp_path / "from_gpu.pt", "--json")
     assert code == 0, err

@@ -41,7 +41,7 @@ def test_the_config_error_example_prints_what_the_readme_shows(tmp_path):
     (tmp_path / "bad.yaml").write_text(bad_yaml)
     command = session.splitlines()[0].removeprefix("$ ").split()
     expected = "\n".join(session.splitlines()[1:-2]) + "\n"
-    result = subprocess.run(["python", "-m", "trainkit", *command[1:]], cwd=tmp_path, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "trainkit", *command[1:]], cwd=tmp_path, capture_output=True,
                             text=True, env=subprocess_env())
     assert result.returncode == int(session.splitlines()[-1])
     assert result.stderr == expected

@@ -103,8 +103,9 @@ class Session:
             return self.ctx.any(local, self.run.device)
         return False
 
-    def interrupted(self, state: TrainState) -> None:
-        self.save(state, False)
+    def interrupted(self, state: TrainState, saved: bool = False) -> None:
+        if not saved:
+            self.save(state, False)
         signum = (self.stop.signum if self.stop else None) or 15
         raise TrainingInterrupted(signum, str(self.folder.path), state.step)
 
@@ -171,6 +172,7 @@ def train(config: str | Path | dict | ExperimentConfig, overrides: list[str] | t
                              "choose another name (name=...), or pass --overwrite to replace it")
     with from_env(cfg.trainer.device) as ctx:
         dev = resolve_device(cfg.trainer.device, ctx)
+        prepare_device(cfg, dev)
         rng.seed_everything(cfg.seed)
         bundle = load_data(cfg)
         module = build_model(cfg, bundle.info, dev)
@@ -204,7 +206,7 @@ def resume(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, dev
     _check_frozen(ckpt["config"], cfg, source)
     saved_epochs, state = ckpt["config"]["trainer"]["epochs"], ckpt["state"]
     folder.keep_last = cfg.checkpoint.keep_last
-    if cfg.trainer.epochs < ckpt["epoch"] + (ckpt["state"]["batch"] > 0):
+    if cfg.trainer.epochs < ckpt["epoch"] + (state["batch"] > 0):
         raise ConfigError(f"trainer.epochs: the run has already trained {ckpt['epoch']} epochs; "
                           f"trainer.epochs={cfg.trainer.epochs} would shorten it", str(source))
     if cfg.trainer.epochs != saved_epochs and cfg.scheduler and cfg.scheduler.name in DEPENDS_ON_TOTAL:
@@ -216,6 +218,7 @@ def resume(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, dev
                          f"to train longer: trainkit resume {folder.path} trainer.epochs=N")
     with from_env(cfg.trainer.device) as ctx:
         dev = resolve_device(cfg.trainer.device, ctx)
+        prepare_device(cfg, dev)
         bundle = load_data(cfg)
         module = build_model(cfg, bundle.info, dev)
         run = build_run(cfg, bundle, module, dev, ctx)
@@ -252,12 +255,12 @@ def evaluate(checkpoint: str | Path, split: str = "test", overrides: list[str] |
     _check_frozen(ckpt["config"], cfg, path)
     with from_env(cfg.trainer.device) as ctx:
         dev = resolve_device(cfg.trainer.device, ctx)
+        if cfg.trainer.precision == "fp16" and dev.type != "cuda":
+            cfg.trainer.precision = "fp32"  # trained with fp16 on a GPU, evaluated where fp16 is not offered
         prepare_device(cfg, dev)
         bundle = load_data(cfg)
         module = build_model(cfg, bundle.info, dev)
         load_model_state(module, ckpt["model"], str(path))
         batches = eval_batches(cfg, bundle, dev, ctx, split)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.trainer.precision)
-        autocast = (lambda: torch.autocast(dev.type, dtype=dtype)) if dtype is not None else None
-        metrics = evaluate_model(module, batches, task=bundle.info.task, device=dev, dist=ctx, autocast=autocast)
+        metrics = evaluate_model(module, batches, bundle.info.task, dev, ctx, cfg.trainer.precision)
         return {"split": split, **metrics}

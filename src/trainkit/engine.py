@@ -20,7 +20,7 @@ from trainkit import plugins, rng
 from trainkit._version import __version__
 from trainkit.checkpoint import FORMAT_VERSION, to_cpu
 from trainkit.config import ExperimentConfig
-from trainkit.data import Augment, Batches, DataBundle, DatasetInfo
+from trainkit.data import Augment, Batches, DataBundle, DatasetInfo, TensorSplit
 from trainkit.distributed import DistContext
 from trainkit.errors import CheckpointError, ConfigError, TrainkitError
 from trainkit.hostmem import keep_freed_memory
@@ -52,7 +52,7 @@ def build_model(cfg: ExperimentConfig, info: DatasetInfo, device: torch.device) 
 def eval_batches(cfg: ExperimentConfig, bundle: DataBundle, device: torch.device, dist: DistContext,
                  split: str = "test") -> Batches:
     source = bundle.test if split == "test" else bundle.train
-    if hasattr(source, "to"):
+    if isinstance(source, TensorSplit):
         source = source.to(device)
     return Batches(source, bundle.info, cfg.data.eval_batch_size, device, train=False, rank=dist.rank,
                    world_size=dist.world_size, channels_last=cfg.trainer.channels_last,
@@ -60,7 +60,7 @@ def eval_batches(cfg: ExperimentConfig, bundle: DataBundle, device: torch.device
 
 
 def prepare_device(cfg: ExperimentConfig, device: torch.device) -> None:
-    """Process-wide settings for the device: checks first, then speed."""
+    """Process-wide settings for the device, before anything is built: checks, then speed."""
     if cfg.trainer.precision == "fp16" and device.type != "cuda":
         raise ConfigError(f"trainer.precision: fp16 needs a CUDA device (this run is on {device.type}); use bf16")
     if device.type == "cuda":
@@ -73,8 +73,7 @@ def build_run(cfg: ExperimentConfig, bundle: DataBundle, module: torch.nn.Module
               dist: DistContext) -> Run:
     """Optimizer, scheduler, batches and wrappers around an already-built model."""
     t = cfg.trainer
-    prepare_device(cfg, device)
-    train_source = bundle.train.to(device) if hasattr(bundle.train, "to") else bundle.train
+    train_source = bundle.train.to(device) if isinstance(bundle.train, TensorSplit) else bundle.train
     augment = Augment(cfg.data.augment.crop_padding, cfg.data.augment.hflip)
     if augment and len(bundle.info.input_shape) != 3:
         raise ConfigError("data.augment: crop and flip need image inputs (channels, height, width)")

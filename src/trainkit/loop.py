@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,13 @@ class TrainState:
         return dict(self.__dict__)
 
 
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The forward pass's precision: fp32 as is, bf16 or fp16 through torch.autocast."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
 @dataclass
 class Run:
     """Everything built for training, on its device."""
@@ -68,10 +75,7 @@ class Run:
     monitor: tuple[str, str] = ("val_accuracy", "max")  # which epoch metric makes best.pt
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return autocast(self.device, self.precision)
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         output = output.float()
@@ -84,7 +88,7 @@ class Events(Protocol):
     def log(self, record: dict[str, Any]) -> None: ...
     def save(self, state: TrainState, is_best: bool) -> None: ...
     def stop_requested(self, state: TrainState) -> bool: ...
-    def interrupted(self, state: TrainState) -> None: ...  # raises TrainingInterrupted
+    def interrupted(self, state: TrainState, saved: bool = False) -> None: ...  # raises TrainingInterrupted
     def progress(self, epoch: int, total: int, start: int) -> Any: ...
 
 
@@ -93,7 +97,7 @@ def fit(run: Run, state: TrainState, events: Events) -> TrainState:
     while state.epoch < run.epochs and not state.stopped_early:
         started = time.time()
         train_loss = train_one_epoch(run, state, events)
-        metrics = evaluate(run.eval_model, run.eval_batches, run)
+        metrics = evaluate(run.eval_model, run.eval_batches, run.task, run.device, run.dist, run.precision)
         record = {"type": "epoch", "epoch": state.epoch + 1, "step": state.step, "train_loss": train_loss,
                   **{f"val_{k}": v for k, v in metrics.items() if k != "samples"},
                   "lr": run.optimizer.param_groups[0]["lr"], "epoch_time": time.time() - started}
@@ -103,7 +107,7 @@ def fit(run: Run, state: TrainState, events: Events) -> TrainState:
         events.log(record)
         events.save(state, is_best)
         if events.stop_requested(state):
-            events.interrupted(state)
+            events.interrupted(state, saved=True)
     return state
 
 
@@ -209,21 +213,17 @@ def _log_window(run: Run, state: TrainState, losses: torch.Tensor, events: Event
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, batches: Batches, run: Run | None = None, *, task: str | None = None,
-             device: torch.device | None = None, dist: DistContext | None = None,
-             autocast: Callable[[], Any] | None = None) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, batches: Batches, task: str, device: torch.device,
+             dist: DistContext | None = None, precision: str = "fp32") -> dict[str, float]:
     """Loss and accuracy (classification) or MSE and MAE (regression) over every sample, all ranks."""
-    task = task or run.task
-    device = device or run.device
-    dist = dist or (run.dist if run else DistContext())
-    autocast = autocast or (run.autocast if run else contextlib.nullcontext)
+    dist = dist or DistContext()
     was_training = model.training
     model.eval()
     sums = torch.zeros(2, device=device)  # loss sum, abs-error sum
     counts = torch.zeros(2, dtype=torch.int64, device=device)  # correct, samples
     outputs = 1
     for x, y in batches():
-        with autocast():
+        with autocast(device, precision):
             out = model(x).float()
         if task == "classification":
             sums[0] += F.cross_entropy(out, y, reduction="sum")
