@@ -142,3 +142,17 @@ def test_a_crash_on_rank_1_stops_the_whole_job_quickly_with_its_error(tmp_path):
     assert result.returncode != 0
     assert "RuntimeError: boom: rank 1 failed on purpose" in result.stderr
     assert elapsed < 60, elapsed
+
+
+def test_nproc_starts_torch_distributed_for_you(tmp_path):
+    path = write_config(tmp_path / "np.yaml", _config(tmp_path, "np", 16))
+    result = subprocess.run(TRAINKIT + ["train", str(path), "-q", "--nproc", "2"], capture_output=True, text=True,
+                            env=subprocess_env(), timeout=240)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("trained 2 epochs, 8 steps") == 1
+    assert load_ckpt(tmp_path / "ckpt" / "np" / "last.pt")["world_size"] == 2
+    resumed = subprocess.run(TRAINKIT + ["resume", str(tmp_path / "ckpt" / "np"), "trainer.epochs=3", "-q",
+                                         "--nproc=2"], capture_output=True, text=True, env=subprocess_env(), timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    last = load_ckpt(tmp_path / "ckpt" / "np" / "last.pt")
+    assert last["epoch"] == 3 and last["world_size"] == 2
