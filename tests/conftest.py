@@ -83,6 +83,16 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
     return path
 
 
+class CodePayload:
+    """Pickles as a call to os.system that would create `marker`: proof a loader ran code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
 def load_ckpt(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -110,6 +120,32 @@ def metric_history(run_dir: Path) -> list[dict[str, Any]]:
 
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [{k: v for k, v in json.loads(line).items() if k not in ("epoch_time",)} for line in lines]
+
+
+@pytest.fixture
+def isolated_registries(monkeypatch):
+    """Registries restored after the test, so a plugin's components do not leak into others."""
+    from helpers_ecosystem import forget_plugin
+
+    from trainkit import plugins
+    from trainkit.registry import REGISTRIES
+
+    for registry in REGISTRIES.values():
+        registry.names()  # built-ins (and installed plugins) in before the snapshot
+        monkeypatch.setattr(registry, "_entries", dict(registry._entries))
+    monkeypatch.setattr(plugins, "_entry_points_loaded", plugins._entry_points_loaded)
+    forget_plugin()
+    yield
+    forget_plugin()
+
+
+@pytest.fixture
+def demo_plugin_on_path(isolated_registries, monkeypatch):
+    """The demo plugin importable by name (as if installed without entry points)."""
+    from helpers_ecosystem import PLUGIN_PKG
+
+    monkeypatch.syspath_prepend(str(PLUGIN_PKG))
+    return PLUGIN_PKG
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 from conftest import tiny_config
 
 PLUGIN_PKG = Path(__file__).resolve().parent / "plugin_pkg"
@@ -45,28 +44,6 @@ def forget_plugin() -> None:
     for name in list(sys.modules):
         if name == PLUGIN or name.startswith(PLUGIN + "."):
             del sys.modules[name]
-
-
-@pytest.fixture
-def isolated_registries(monkeypatch):
-    """Registries restored after the test, so a plugin's components do not leak into others."""
-    from trainkit import plugins
-    from trainkit.registry import REGISTRIES
-
-    for registry in REGISTRIES.values():
-        registry.names()  # built-ins (and installed plugins) in before the snapshot
-        monkeypatch.setattr(registry, "_entries", dict(registry._entries))
-    monkeypatch.setattr(plugins, "_entry_points_loaded", plugins._entry_points_loaded)
-    forget_plugin()
-    yield
-    forget_plugin()
-
-
-@pytest.fixture
-def demo_plugin_on_path(isolated_registries, monkeypatch):
-    """The demo plugin importable by name (as if installed without entry points)."""
-    monkeypatch.syspath_prepend(str(PLUGIN_PKG))
-    return PLUGIN_PKG
 
 
 def write_entry_point_dist(folder: Path, value: str = PLUGIN, name: str = "demo") -> Path:

@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from conftest import load_ckpt, tiny_config
+from conftest import CodePayload, load_ckpt, tiny_config
 
 import trainkit
 from trainkit.checkpoint import FORMAT_VERSION, RunFolder, atomic_save, load_checkpoint, open_for_resume
@@ -66,13 +66,8 @@ def test_atomic_save_failure_leaves_the_old_file_and_no_temp(tmp_path, monkeypat
 
 def test_load_refuses_pickle_payloads_without_running_them(tmp_path):
     marker = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            return os.system, (f"touch {marker}",)
-
     evil = tmp_path / "evil.pt"
-    torch.save({"format_version": 1, "model": {}, "x": Payload()}, evil)
+    torch.save({"format_version": 1, "model": {}, "x": CodePayload(marker)}, evil)
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(evil)
     assert str(info.value).startswith(f"{evil}: refused to load: it holds Python objects beyond tensors and plain data")

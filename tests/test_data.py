@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
-import os
 import pickle
 
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, make_cifar_root, make_mnist_root, write_idx
+from conftest import SHARED_DATA, CodePayload, make_cifar_root, make_mnist_root, write_idx
 
 from trainkit.data import Augment, Batches, DatasetInfo, TensorSplit, epoch_permutation
 from trainkit.datasets import cifar10, fashion_mnist, mnist, synthetic_images, synthetic_regression
@@ -108,18 +106,10 @@ def test_cifar10_batches(tmp_path):
     assert bundle.test.targets.tolist() == original[b"labels"]
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
 def test_cifar_reader_refuses_pickled_code_without_running_it(tmp_path):
     make_cifar_root(tmp_path, per_batch=4)
     marker = tmp_path / "pwned"
-    evil = {b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 3], b"x": _Payload(marker)}
+    evil = {b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 3], b"x": CodePayload(marker)}
     with open(tmp_path / "cifar-10-batches-py" / "data_batch_3", "wb") as f:
         pickle.dump(evil, f, protocol=2)
     with pytest.raises(DataError, match="data_batch_3: refused: global 'posix.system' is forbidden in a CIFAR batch"):

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 from conftest import assert_same_tensors, load_ckpt, tiny_config
-from helpers_ecosystem import isolated_registries  # noqa: F401 (a fixture)
 
 import trainkit
 

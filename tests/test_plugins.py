@@ -9,15 +9,7 @@ import sys
 
 import pytest
 from conftest import TRAINKIT, load_ckpt, subprocess_env, write_config
-from helpers_ecosystem import (  # noqa: F401 (demo_plugin_on_path and isolated_registries are fixtures)
-    PLUGIN,
-    PLUGIN_PKG,
-    demo_plugin_on_path,
-    forget_plugin,
-    isolated_registries,
-    plugin_config,
-    write_entry_point_dist,
-)
+from helpers_ecosystem import PLUGIN, PLUGIN_PKG, forget_plugin, plugin_config, write_entry_point_dist
 
 from trainkit import plugins
 from trainkit.registry import REGISTRIES

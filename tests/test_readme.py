@@ -10,7 +10,6 @@ import sys
 
 import pytest
 from conftest import REPO, subprocess_env
-from helpers_ecosystem import isolated_registries  # noqa: F401 (a fixture)
 
 README = (REPO / "README.md").read_text()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import (TRAINKIT, assert_same_tensors, load_ckpt, make_mnist_root, metric_history, subprocess_env,
+from conftest import (TRAINKIT, CodePayload, assert_same_tensors, load_ckpt, make_mnist_root, metric_history, subprocess_env,
                       tiny_config, write_config)
 
 import trainkit
@@ -194,13 +194,8 @@ def trained(tmp_path):
 @pytest.mark.parametrize("command", ["eval", "resume"])
 def test_malicious_checkpoint_is_refused_and_its_payload_never_runs(cli, tmp_path, command):
     marker = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            return os.system, (f"touch {marker}",)
-
     evil = tmp_path / "evil.pt"
-    torch.save({"format_version": 1, "model": {}, "config": Payload()}, evil)
+    torch.save({"format_version": 1, "model": {}, "config": CodePayload(marker)}, evil)
     args = ["eval", "--ckpt", evil] if command == "eval" else ["resume", evil]
     code, _, err = cli(*args)
     assert code == 1

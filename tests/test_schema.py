@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 from conftest import REPO, tiny_config, write_config
-from helpers_ecosystem import PLUGIN, demo_plugin_on_path, isolated_registries  # noqa: F401 (fixtures)
+from helpers_ecosystem import PLUGIN
 
 jsonschema = pytest.importorskip("jsonschema")
 

@@ -132,7 +132,7 @@ def _update_best(run: Run, state: TrainState, record: dict[str, Any]) -> bool:
 
 def train_one_epoch(run: Run, state: TrainState, events: Events) -> float:
     """Train from batch `state.batch` of epoch `state.epoch` to its end; returns the mean batch loss."""
-    model, optimizer, batches = run.model, run.optimizer, run.train_batches
+    model, batches = run.model, run.train_batches
     model.train()
     total = len(batches)
     losses = torch.zeros(total, device=run.device)  # one slot per batch: no sync per step
