@@ -40,15 +40,13 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Run `write(file)` on a temp file beside `path`, fsync it, then rename it over `path`."""
+def _publish(path: Path, fill: Callable[[Path], None]) -> None:
+    """Have `fill` make a complete temp file beside `path`, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
+    tmp.unlink(missing_ok=True)
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        fill(tmp)
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except OSError as exc:
@@ -59,23 +57,31 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
         raise
 
 
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Run `write(file)` on a temp file beside `path`, fsync it, then rename it over `path`."""
+
+    def fill(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _publish(path, fill)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def atomic_link(source: Path, target: Path) -> None:
     """Make `target` name the same file as `source` (a copy where hard links are not supported)."""
-    tmp = temp_path(target)
-    tmp.unlink(missing_ok=True)
-    try:
+
+    def fill(tmp: Path) -> None:
         try:
             os.link(source, tmp)
         except OSError:
             shutil.copyfile(source, tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-        os.replace(tmp, target)
-        fsync_dir(target.parent)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise write_failed(target, exc) from None
+
+    _publish(target, fill)
