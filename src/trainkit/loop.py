@@ -11,6 +11,7 @@ checkpoint and at the end of an epoch, and checks it for NaN/inf then.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -40,7 +41,8 @@ class TrainState:
     stopped_early: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        # a snapshot: the loop keeps appending to epoch_losses after a checkpoint is made
+        return {k: list(v) if isinstance(v, list) else v for k, v in self.__dict__.items()}
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -185,14 +187,17 @@ def _optimizer_step(run: Run) -> None:
 
 
 def _read_losses(run: Run, state: TrainState, losses: torch.Tensor) -> list[float]:
-    """Copy this epoch's batch losses to the host (a sync) and stop on the first NaN/inf."""
-    values = losses[: state.batch].tolist()
-    for b in range(len(state.epoch_losses), len(values)):
-        if values[b] != values[b] or values[b] in (float("inf"), float("-inf")):
-            step = state.epoch_start_step + b // run.accumulate + 1
-            raise NonFiniteLossError(state.epoch + 1, step, values[b])
-    state.epoch_losses = values
-    return values
+    """Copy the batch losses not yet on the host (a sync) and stop on the first NaN/inf;
+    returns all of this epoch's losses. Only the new ones cross, so an epoch of many
+    batches does not copy its whole history at every log step."""
+    start = len(state.epoch_losses)
+    new = losses[start: state.batch].tolist() if state.batch > start else []
+    for offset, value in enumerate(new):
+        if not math.isfinite(value):
+            step = state.epoch_start_step + (start + offset) // run.accumulate + 1
+            raise NonFiniteLossError(state.epoch + 1, step, value)
+    state.epoch_losses.extend(new)
+    return state.epoch_losses
 
 
 def _global_mean(run: Run, values: list[float]) -> float:
