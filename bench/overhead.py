@@ -11,8 +11,8 @@ hits them alike, and the result is the median over rounds of each round's ratio 
 per second, trainkit / hand-written. Target: >= 0.97. A first, untimed round warms up
 (allocator, cuDNN autotuning, torch.compile).
 
-"trainkit" here is trainkit's real code path: components built by trainkit.engine from a
-validated config, steps run by trainkit.loop.train_one_epoch (with trainer.limit_batches
+"trainkit" here is trainkit's real code path: components built by trainkit.training.build from a
+validated config, steps run by trainkit.training.loop.train_one_epoch (with trainer.limit_batches
 = --steps) and an Events object that does nothing.
 """
 
@@ -25,8 +25,8 @@ import logging
 import sys
 import time
 import warnings
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,25 +35,36 @@ import yaml
 
 from _common import DEFAULT_ROOT, machine_line, median, print_table
 from trainkit.config import resolve
-from trainkit.data import DataBundle, epoch_permutation
-from trainkit.distributed import DistContext, resolve_device
-from trainkit.engine import build_model, build_run, load_data, prepare_device
-from trainkit.loop import TrainState, train_one_epoch
-from trainkit.rng import seed_everything
+from trainkit.training.batches import epoch_permutation
+from trainkit.training.build import build_model, build_run, load_data, prepare_device
+from trainkit.training.data import DataBundle
+from trainkit.training.distributed import DistContext, resolve_device
+from trainkit.training.loop import TrainState, train_one_epoch
+from trainkit.training.rng import seed_everything
 
 TARGET = 0.97  # trainkit / hand-written samples per second, median over rounds
 LOG_EVERY = 50  # steps between loss reads (host-device syncs), in every contender
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--model", default="cnn", help="a trainkit model that takes images: cnn, mlp, fast_cnn")
-    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="an option of the model (YAML value), e.g. hidden=[16] for a tiny mlp that shows "
-                        "the loop's fixed cost per step (repeatable)")
-    p.add_argument("--data", default="mnist", choices=["mnist", "fashion_mnist", "synthetic"],
-                   help="real data read by trainkit's reader from --root, or trainkit's synthetic_images")
+    p.add_argument(
+        "--model-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the model (YAML value), e.g. hidden=[16] for a tiny mlp that shows "
+        "the loop's fixed cost per step (repeatable)",
+    )
+    p.add_argument(
+        "--data",
+        default="mnist",
+        choices=["mnist", "fashion_mnist", "synthetic"],
+        help="real data read by trainkit's reader from --root, or trainkit's synthetic_images",
+    )
     p.add_argument("--root", default=str(DEFAULT_ROOT), help="folder holding MNIST/raw, FashionMNIST/raw")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
@@ -117,9 +128,6 @@ class NoEvents:
     def stop_requested(self, state: TrainState) -> bool:
         return False
 
-    def interrupted(self, state: TrainState, saved: bool = False) -> None:
-        pass
-
     def progress(self, epoch: int, total: int, start: int) -> Any:
         return None
 
@@ -165,7 +173,7 @@ class Handwritten:
         self.module.train()
         window, total = torch.zeros((), device=self.device), 0.0
         for step in range(steps):
-            idx = order[step * size:(step + 1) * size]
+            idx = order[step * size : (step + 1) * size]
             x = (self.images[idx].float() / 255 - self.mean) / self.std
             with self.autocast():
                 output = self.model(x)
@@ -195,8 +203,9 @@ class Lightning:
 
     name = "lightning"
 
-    def __init__(self, pl: Any, module: torch.nn.Module, hand: Handwritten, args: argparse.Namespace,
-                 device: torch.device):
+    def __init__(
+        self, pl: Any, module: torch.nn.Module, hand: Handwritten, args: argparse.Namespace, device: torch.device
+    ):
         self.pl, self.hand, self.args, self.device = pl, hand, args, device
         logging.getLogger(pl.__name__).setLevel(logging.ERROR)  # the per-Trainer "GPU available" lines
         warnings.filterwarnings("ignore", module=r"(lightning|pytorch_lightning)\.")
@@ -205,10 +214,16 @@ class Lightning:
 
     def train(self, epoch: int) -> tuple[float, float]:
         trainer = self.pl.Trainer(
-            accelerator="gpu" if self.device.type == "cuda" else "cpu", devices=1, max_steps=self.args.steps,
-            precision="bf16-mixed" if self.args.precision == "bf16" else "32-true", logger=False,
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-            callbacks=[self.clock])
+            accelerator="gpu" if self.device.type == "cuda" else "cpu",
+            devices=1,
+            max_steps=self.args.steps,
+            precision="bf16-mixed" if self.args.precision == "bf16" else "32-true",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[self.clock],
+        )
         self.lit.window.zero_()
         trainer.fit(self.lit, train_dataloaders=_EpochBatches(self.hand, epoch))
         # from on_train_start to on_train_end: the steps, not the Trainer's set-up
@@ -228,7 +243,7 @@ class _EpochBatches:
         hand, size = self.hand, self.hand.args.batch_size
         order = epoch_permutation(len(hand.labels), hand.args.seed, self.epoch).to(hand.device)
         for step in range(len(self)):
-            idx = order[step * size:(step + 1) * size]
+            idx = order[step * size : (step + 1) * size]
             yield hand.images[idx], hand.labels[idx]
 
 
@@ -276,26 +291,38 @@ def trainkit_config(args: argparse.Namespace) -> Any:
         data = {"name": "synthetic_images", "n_train": args.steps * args.batch_size, "n_test": 100}
     else:
         data = {"name": args.data, "root": args.root, "download": False}
-    return resolve({
-        "name": "bench_overhead",
-        "seed": args.seed,
-        "model": {"name": args.model, **model_options(args.model_option)},
-        "data": {**data, "batch_size": args.batch_size},
-        "optimizer": {"name": "adam", "lr": args.lr},
-        "trainer": {"epochs": 1, "device": args.device, "limit_batches": args.steps, "log_every": LOG_EVERY,
-                    "precision": args.precision, "compile": args.compile},
-    }, source="bench/overhead.py")
+    return resolve(
+        {
+            "name": "bench_overhead",
+            "seed": args.seed,
+            "model": {"name": args.model, **model_options(args.model_option)},
+            "data": {**data, "batch_size": args.batch_size},
+            "optimizer": {"name": "adam", "lr": args.lr},
+            "trainer": {
+                "epochs": 1,
+                "device": args.device,
+                "limit_batches": args.steps,
+                "log_every": LOG_EVERY,
+                "precision": args.precision,
+                "compile": args.compile,
+                "host_memory": "keep",
+            },  # what the trainkit command does on the CPU
+        },
+        source="bench/overhead.py",
+    )
 
 
 def build_contenders(args: argparse.Namespace) -> tuple[list[Any], torch.device, DataBundle]:
     cfg = trainkit_config(args)
     device = resolve_device(cfg.trainer.device, DistContext())
-    prepare_device(cfg, device)  # what trainkit.train does first (CPU: keeps freed host memory for reuse)
+    prepare_device(cfg, device)  # what trainkit's build does first (CPU: keeps freed host memory for reuse)
     seed_everything(args.seed)
     bundle = load_data(cfg)
     if args.steps * args.batch_size > len(bundle.train):
-        sys.exit(f"error: --steps {args.steps} x --batch-size {args.batch_size} needs "
-                 f"{args.steps * args.batch_size} samples; {args.data} has {len(bundle.train)}")
+        sys.exit(
+            f"error: --steps {args.steps} x --batch-size {args.batch_size} needs "
+            f"{args.steps * args.batch_size} samples; {args.data} has {len(bundle.train)}"
+        )
     module = build_model(cfg, bundle.info, device)
     initial = copy.deepcopy(module)  # every contender starts from these weights
     hand = Handwritten(copy.deepcopy(initial), bundle, args, device)
@@ -317,9 +344,11 @@ def main() -> None:
     names = [c.name for c in contenders]
     print(machine_line(device))
     model = " ".join([args.model] + args.model_option)
-    print(f"setup: model {model}, data {args.data} ({len(bundle.train)} training samples), "
-          f"batch {args.batch_size}, Adam lr {args.lr}, {args.steps} steps per measurement, "
-          f"{args.rounds} rounds + 1 warm-up, {args.precision}, {'compiled' if args.compile else 'eager'}")
+    print(
+        f"setup: model {model}, data {args.data} ({len(bundle.train)} training samples), "
+        f"batch {args.batch_size}, Adam lr {args.lr}, {args.steps} steps per measurement, "
+        f"{args.rounds} rounds + 1 warm-up, {args.precision}, {'compiled' if args.compile else 'eager'}"
+    )
     if "lightning" not in names and not args.no_lightning:
         print("lightning: not installed, column left out")
     print()
@@ -337,8 +366,9 @@ def main() -> None:
             losses[contender.name].append(loss)
         for n in names:
             ratios[n].append(speeds[n] / speeds["hand-written"])
-        rows.append(["warm-up" if round_ == 0 else round_] + [speeds[n] for n in names]
-                    + [ratios[n][-1] for n in others])
+        rows.append(
+            ["warm-up" if round_ == 0 else round_] + [speeds[n] for n in names] + [ratios[n][-1] for n in others]
+        )
         print(f"  round {round_} done", file=sys.stderr, flush=True)
     medians = {n: median(r[1:]) for n, r in ratios.items()}
     rows.append(["median"] + [None] * len(names) + [medians[n] for n in others])
@@ -348,12 +378,16 @@ def main() -> None:
     # Same weights, same batches, same optimizer: the losses agree unless the work differs.
     # Only to rounding: trainkit normalises with one fused multiply-add, and the difference
     # grows step by step, so the first round is the sharpest check (about 3 digits on MNIST).
-    print("mean training loss of the first round (should agree closely): "
-          + ", ".join(f"{n} {losses[n][0]:.5f}" for n in names))
+    print(
+        "mean training loss of the first round (should agree closely): "
+        + ", ".join(f"{n} {losses[n][0]:.5f}" for n in names)
+    )
     verdict = "met" if medians["trainkit"] >= TARGET else "NOT met"
-    print(f"median trainkit / hand-written: {medians['trainkit']:.3f} "
-          f"(rounds {min(ratios['trainkit'][1:]):.3f} to {max(ratios['trainkit'][1:]):.3f}); "
-          f"target >= {TARGET}: {verdict}")
+    print(
+        f"median trainkit / hand-written: {medians['trainkit']:.3f} "
+        f"(rounds {min(ratios['trainkit'][1:]):.3f} to {max(ratios['trainkit'][1:]):.3f}); "
+        f"target >= {TARGET}: {verdict}"
+    )
     if "lightning" in medians:
         print(f"median lightning / hand-written: {medians['lightning']:.3f}")
 

@@ -23,11 +23,16 @@ HELP_TARGET_S = 0.3
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--runs", type=int, default=10, help="timed runs per command (after one warm-up run)")
-    p.add_argument("--runner", default="auto", choices=["auto", "script", "module"],
-                   help="the console script next to this Python, or `python -m trainkit`; auto: the script if present")
+    p.add_argument(
+        "--runner",
+        default="auto",
+        choices=["auto", "script", "module"],
+        help="the console script next to this Python, or `python -m trainkit`; auto: the script if present",
+    )
     p.add_argument("--config", default="configs/mnist_cnn.yaml", help="the config `trainkit validate` reads")
     p.add_argument("--slowest", type=int, default=5, help="show this many slowest imports of `trainkit --help`")
     args = p.parse_args()
@@ -54,8 +59,15 @@ def median_time(argv: list[str], runs: int) -> float:
 def imported_modules(args: list[str]) -> list[tuple[int, str]]:
     """(cumulative microseconds, module) for each import of `python -X importtime -m trainkit ARGS`."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPROFILEIMPORTTIME"}
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "trainkit", *args], check=False,
-                          cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "trainkit", *args],
+        check=False,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     modules = []
     for line in done.stderr.splitlines():  # "import time:  self [us] | cumulative | imported package"
         if line.startswith("import time:") and "|" in line:
@@ -83,8 +95,7 @@ def main() -> None:
 
     reference = median_time([sys.executable, "-c", "import torch"], args.runs)
     bare = median_time([sys.executable, "-c", "pass"], args.runs)
-    rows = [["python -c pass", bare, bare / reference, "no"],
-            ['python -c "import torch"', reference, 1.0, "yes"]]
+    rows = [["python -c pass", bare, bare / reference, "no"], ['python -c "import torch"', reference, 1.0, "yes"]]
     help_time = None
     for label, trainkit_args in commands.items():
         seconds = median_time(prefix + trainkit_args, args.runs)
@@ -99,8 +110,10 @@ def main() -> None:
     if args.slowest:
         # Top-level imports only (no leading spaces): what a lazier import would save.
         top = sorted((m for m in imported_modules(["--help"]) if not m[1].startswith("  ")), reverse=True)
-        print("slowest top-level imports of `trainkit --help` (cumulative): "
-              + ", ".join(f"{name.strip()} {us / 1000:.0f} ms" for us, name in top[: args.slowest]))
+        print(
+            "slowest top-level imports of `trainkit --help` (cumulative): "
+            + ", ".join(f"{name.strip()} {us / 1000:.0f} ms" for us, name in top[: args.slowest])
+        )
 
 
 if __name__ == "__main__":

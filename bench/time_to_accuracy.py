@@ -38,19 +38,39 @@ POLL_S = 0.05  # how often metrics.jsonl is checked: the error of each epoch's w
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", action="append", default=None, metavar="PATH",
-                   help=f"a recipe to run; repeat for several (default: {' '.join(RECIPES)})")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--config",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help=f"a recipe to run; repeat for several (default: {' '.join(RECIPES)})",
+    )
     p.add_argument("--root", default=str(DEFAULT_ROOT), help="data.root: folder holding MNIST/raw, FashionMNIST/raw")
     p.add_argument("--repeat", type=int, default=1, help="runs per recipe; the median run is reported")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="an extra trainkit override for every run, e.g. trainer.epochs=1 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="an extra trainkit override for every run, e.g. trainer.epochs=1 (repeatable)",
+    )
     p.add_argument("--device", default=None, help="passed to `trainkit train --device` (default: the recipe's)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="OMP_NUM_THREADS for the runs (default: torch's choice); 1 is steadier on a small busy machine")
-    p.add_argument("--runner", default="auto", choices=["auto", "script", "module"],
-                   help="the console script next to this Python, or `python -m trainkit`")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="OMP_NUM_THREADS for the runs (default: torch's choice); 1 is steadier on a small busy machine",
+    )
+    p.add_argument(
+        "--runner",
+        default="auto",
+        choices=["auto", "script", "module"],
+        help="the console script next to this Python, or `python -m trainkit`",
+    )
     args = p.parse_args()
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
@@ -110,14 +130,30 @@ class MetricsWatcher:
         for line in complete.decode().splitlines():
             record = json.loads(line)
             if record.get("type") == "epoch":
-                self.epochs.append(Epoch(record["epoch"], record.get("val_accuracy", float("nan")),
-                                         record.get("epoch_time", float("nan")), now))
+                self.epochs.append(
+                    Epoch(
+                        record["epoch"],
+                        record.get("val_accuracy", float("nan")),
+                        record.get("epoch_time", float("nan")),
+                        now,
+                    )
+                )
 
 
 def run_once(prefix: list[str], config: str, args: argparse.Namespace) -> Result:
     with tempfile.TemporaryDirectory(prefix="trainkit-tta-") as tmp:
-        argv = prefix + ["train", str(locate(config)), f"data.root={args.root}", f"checkpoint.dir={tmp}",
-                         *args.overrides, "--quiet"] + (["--device", args.device] if args.device else [])
+        argv = (
+            prefix
+            + [
+                "train",
+                str(locate(config)),
+                f"data.root={args.root}",
+                f"checkpoint.dir={tmp}",
+                *args.overrides,
+                "--quiet",
+            ]
+            + (["--device", args.device] if args.device else [])
+        )
         watcher = MetricsWatcher(Path(tmp))
         # Output goes to a file, not a pipe: a pipe nobody reads during the run could fill and block it.
         with tempfile.TemporaryFile("w+") as log:
@@ -141,8 +177,9 @@ def target_of(config: str) -> tuple[float, float] | None:
 def verdict(accuracy: float, wall: float, target: tuple[float, float] | None) -> str:
     if target is None:
         return "no target"
-    problems = ([f"accuracy < {target[0]:.1%}"] if not accuracy >= target[0] else []) \
-        + ([f"slower than {target[1]:.0f} s"] if wall > target[1] else [])
+    problems = ([f"accuracy < {target[0]:.1%}"] if not accuracy >= target[0] else []) + (
+        [f"slower than {target[1]:.0f} s"] if wall > target[1] else []
+    )
     return "met" if not problems else "NOT met (" + ", ".join(problems) + ")"
 
 
@@ -153,17 +190,23 @@ def report_recipe(config: str, results: list[Result]) -> list[Any]:
     goal = f"target >= {target[0]:.1%} within {target[1]:.0f} s" if target else "no target"
     print(f"{config} ({goal})")
     if len(results) > 1:
-        print_table(["run", "final test accuracy", "wall s"],
-                    [[i + 1, f"{r.final_accuracy:.2%}", r.wall] for i, r in enumerate(results)])
+        print_table(
+            ["run", "final test accuracy", "wall s"],
+            [[i + 1, f"{r.final_accuracy:.2%}", r.wall] for i, r in enumerate(results)],
+        )
         print(f"epochs of the median run (run {results.index(chosen) + 1}):")
-    print_table(["epoch", "test accuracy", "epoch time s", "wall s since start"],
-                [[e.number, f"{e.accuracy:.2%}", e.epoch_time, e.wall] for e in chosen.epochs])
+    print_table(
+        ["epoch", "test accuracy", "epoch time s", "wall s since start"],
+        [[e.number, f"{e.accuracy:.2%}", e.epoch_time, e.wall] for e in chosen.epochs],
+    )
     if chosen.epochs:
         # Where the rest of the wall time went: before the first epoch began (Python, torch,
         # data, model, device set-up) and after the last epoch's record (checkpoint, exit).
         first, last = chosen.epochs[0], chosen.epochs[-1]
-        print(f"before epoch 1: {first.wall - first.epoch_time:.1f} s; after the last epoch's record: "
-              f"{chosen.wall - last.wall:.1f} s; epochs: {sum(e.epoch_time for e in chosen.epochs):.1f} s")
+        print(
+            f"before epoch 1: {first.wall - first.epoch_time:.1f} s; after the last epoch's record: "
+            f"{chosen.wall - last.wall:.1f} s; epochs: {sum(e.epoch_time for e in chosen.epochs):.1f} s"
+        )
     accuracy, wall = median([r.final_accuracy for r in results]), median([r.wall for r in results])
     reached = chosen.reached_at(target[0]) if target else None
     print()
@@ -178,8 +221,10 @@ def main() -> None:
     prefix, runner = trainkit_command(args.runner)
     print(machine_line())
     threads = f"OMP_NUM_THREADS={args.threads}" if args.threads else "torch's default threads"
-    print(f"runner: {runner}; data.root={args.root}; {threads}; {args.repeat} run(s) per recipe"
-          + (f"; overrides {' '.join(args.overrides)}" if args.overrides else ""))
+    print(
+        f"runner: {runner}; data.root={args.root}; {threads}; {args.repeat} run(s) per recipe"
+        + (f"; overrides {' '.join(args.overrides)}" if args.overrides else "")
+    )
     print()
     summary = []
     for config in args.config:

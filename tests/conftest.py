@@ -34,8 +34,9 @@ def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
     return path
 
 
-def make_mnist_root(root: Path, folder: str = "MNIST", n_train: int = 64, n_test: int = 32,
-                    compress: bool = True, seed: int = 0) -> Path:
+def make_mnist_root(
+    root: Path, folder: str = "MNIST", n_train: int = 64, n_test: int = 32, compress: bool = True, seed: int = 0
+) -> Path:
     rng = np.random.default_rng(seed)
     raw = root / folder / "raw"
     for prefix, n in (("train", n_train), ("t10k", n_test)):
@@ -50,9 +51,12 @@ def make_cifar_root(root: Path, per_batch: int = 20, seed: int = 0) -> Path:
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"batch_label": name.encode(), b"labels": rng.integers(0, 10, per_batch).tolist(),
-                 b"data": rng.integers(0, 256, (per_batch, 3072)).astype(np.uint8),
-                 b"filenames": [f"{i}.png".encode() for i in range(per_batch)]}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": rng.integers(0, 10, per_batch).tolist(),
+            b"data": rng.integers(0, 256, (per_batch, 3072)).astype(np.uint8),
+            b"filenames": [f"{i}.png".encode() for i in range(per_batch)],
+        }
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f, protocol=2)
     return root
@@ -64,8 +68,15 @@ def tiny_config(tmp_path: Path, **sections: Any) -> dict[str, Any]:
         "name": "tiny",
         "seed": 0,
         "model": {"name": "cnn", "channels": [4, 8], "hidden": 16},
-        "data": {"name": "synthetic_images", "n_train": 96, "n_test": 40, "size": 8, "num_classes": 4,
-                 "batch_size": 16, "eval_batch_size": 20},
+        "data": {
+            "name": "synthetic_images",
+            "n_train": 96,
+            "n_test": 40,
+            "size": 8,
+            "num_classes": 4,
+            "batch_size": 16,
+            "eval_batch_size": 20,
+        },
         "optimizer": {"name": "adam", "lr": 0.01},
         "trainer": {"epochs": 2, "log_every": 2, "device": "cpu"},
         "checkpoint": {"dir": str(tmp_path / "ckpt")},
@@ -108,7 +119,7 @@ def assert_same_tensors(a: Any, b: Any, where: str = "") -> None:
             assert_same_tensors(a[key], b[key], f"{where}.{key}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same_tensors(x, y, f"{where}[{i}]")
     else:
         assert a == b or (a != a and b != b), f"{where}: {a!r} != {b!r}"
@@ -126,7 +137,6 @@ def metric_history(run_dir: Path) -> list[dict[str, Any]]:
 def isolated_registries(monkeypatch):
     """Registries restored after the test, so a plugin's components do not leak into others."""
     from helpers_ecosystem import forget_plugin
-
     from trainkit import plugins
     from trainkit.registry import REGISTRIES
 

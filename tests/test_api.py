@@ -7,15 +7,26 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config, write_config
-from helpers_ecosystem import regression_config
 
 import trainkit
+from conftest import tiny_config, write_config
+from helpers_ecosystem import regression_config
 from trainkit.errors import RunExistsError, TrainkitError, UsageError
-from trainkit.runlog import read_records
+from trainkit.runfolder.runlog import read_records
 
-TRAIN_KEYS = {"run_dir", "epochs", "step", "best_metric", "best_epoch", "monitor", "stopped_early", "final",
-              "history", "last_checkpoint", "best_checkpoint"}
+TRAIN_KEYS = {
+    "run_dir",
+    "epochs",
+    "step",
+    "best_metric",
+    "best_epoch",
+    "monitor",
+    "stopped_early",
+    "final",
+    "history",
+    "last_checkpoint",
+    "best_checkpoint",
+}
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +110,29 @@ def test_errors_are_trainkit_errors_with_exit_codes(trained):
         trainkit.evaluate(base / "missing.pt")
     with pytest.raises(trainkit.ConfigError, match="optimizer.lr"):
         trainkit.train(tiny_config(base, name="bad"), ["optimizer.lr=-1"], quiet=True)
+
+
+def test_a_run_through_the_api_leaves_the_process_as_it_found_it(tmp_path, monkeypatch, isolated_registries):
+    """cuDNN's autotuner flag and sys.path are put back after train(); a notebook is not changed."""
+    import sys
+
+    import torch
+
+    (tmp_path / "my_local_plugin.py").write_text("X = 1\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    before = list(sys.path)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+
+    from trainkit.training import build
+
+    real = build.prepare_device
+
+    def prepare_like_cuda(cfg, device):  # what a CUDA run does to the flag, on this CPU machine
+        torch.backends.cudnn.benchmark = True
+        real(cfg, device)
+
+    monkeypatch.setattr(build, "prepare_device", prepare_like_cuda)
+    trainkit.train(tiny_config(tmp_path, imports=["my_local_plugin"], trainer={"epochs": 1}), quiet=True)
+    assert "my_local_plugin" in sys.modules  # the working folder was on the path during the run
+    assert sys.path == before and torch.backends.cudnn.benchmark is False

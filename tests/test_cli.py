@@ -7,7 +7,8 @@ import subprocess
 
 import pytest
 import torch
-from conftest import TRAINKIT, REPO, assert_same_tensors, load_ckpt, subprocess_env, tiny_config, write_config
+
+from conftest import REPO, TRAINKIT, assert_same_tensors, load_ckpt, subprocess_env, tiny_config, write_config
 
 
 @pytest.fixture
@@ -41,7 +42,9 @@ def test_train_eval_resume(cli, tmp_path, config_file):
 def test_resume_last_pt_of_2_epochs_to_4_equals_a_straight_4_epoch_run(cli, tmp_path):
     config = tiny_config(tmp_path, model={"dropout": 0.25})
     two = write_config(tmp_path / "two.yaml", config | {"name": "two"})
-    four = write_config(tmp_path / "four.yaml", config | {"name": "four", "trainer": {**config["trainer"], "epochs": 4}})
+    four = write_config(
+        tmp_path / "four.yaml", config | {"name": "four", "trainer": {**config["trainer"], "epochs": 4}}
+    )
     assert cli("train", two, "-q")[0] == 0
     assert cli("resume", tmp_path / "ckpt" / "two" / "last.pt", "trainer.epochs=4", "-q")[0] == 0
     assert cli("train", four, "-q")[0] == 0
@@ -56,8 +59,10 @@ def test_training_into_an_existing_run_is_refused_then_overwritten_on_request(cl
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     code, _, err = cli("train", config_file, "-q")
     assert code == 2
-    assert err == (f"error: {run} already holds a run; continue it with `trainkit resume {run}`, "
-                   "choose another name (name=...), or pass --overwrite to replace it\n")
+    assert err == (
+        f"error: {run} already holds a run; continue it with `trainkit resume {run}`, "
+        "choose another name (name=...), or pass --overwrite to replace it\n"
+    )
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
     code, _, _ = cli("train", config_file, "-q", "--overwrite", "seed=1")
     assert code == 0
@@ -77,7 +82,10 @@ def test_resume_of_a_complete_run_says_how_to_extend_it(cli, tmp_path, config_fi
     run = tmp_path / "ckpt" / "tiny"
     code, _, err = cli("resume", run)
     assert code == 2
-    assert err == f"error: {run} is already complete (2/2 epochs); to train longer: trainkit resume {run} trainer.epochs=N\n"
+    assert (
+        err
+        == f"error: {run} is already complete (2/2 epochs); to train longer: trainkit resume {run} trainer.epochs=N\n"
+    )
 
 
 def test_resume_and_eval_cannot_change_what_the_run_is(cli, tmp_path, config_file):
@@ -130,8 +138,18 @@ def test_shipped_configs_validate_and_open_with_their_command(cli, path):
 def test_ls_lists_every_registry(cli):
     code, out, _ = cli("ls")
     assert code == 0
-    for name in ("models:", "cnn", "linear_regression", "datasets:", "cifar10", "optimizers:", "adadelta",
-                 "schedulers:", "onecycle", "options: lr, momentum=0.0"):
+    for name in (
+        "models:",
+        "cnn",
+        "linear_regression",
+        "datasets:",
+        "cifar10",
+        "optimizers:",
+        "adadelta",
+        "schedulers:",
+        "onecycle",
+        "options: lr, momentum=0.0",
+    ):
         assert name in out, name
     code, out, _ = cli("ls", "optimizers")
     assert "models:" not in out and "sgd" in out
@@ -143,9 +161,11 @@ def test_python_dash_m_and_help_do_not_import_torch():
     env = subprocess_env()
     out = subprocess.run(TRAINKIT + ["--version"], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and out.stdout.startswith("trainkit 0.")
-    probe = ("import sys; from trainkit.cli import app; from typer.testing import CliRunner; "
-             "r = CliRunner().invoke(app, ['train', '--help']); "
-             "print(r.exit_code, 'torch' in sys.modules)")
+    probe = (
+        "import sys; from trainkit.cli import app; from typer.testing import CliRunner; "
+        "r = CliRunner().invoke(app, ['train', '--help']); "
+        "print(r.exit_code, 'torch' in sys.modules)"
+    )
     out = subprocess.run([TRAINKIT[0], "-c", probe], capture_output=True, text=True, env=env)
     assert out.stdout.split() == ["0", "False"], out.stderr
 
@@ -167,7 +187,8 @@ def test_checkpoint_from_cuda_like_device_loads_on_cpu(tmp_path):
     trainkit.train(tiny_config(tmp_path), quiet=True)
     ckpt = load_ckpt(tmp_path / "ckpt" / "tiny" / "last.pt")
     tensors = [t for t in ckpt["model"].values()] + [
-        t for state in ckpt["optimizer"]["state"].values() for t in state.values() if isinstance(t, torch.Tensor)]
+        t for state in ckpt["optimizer"]["state"].values() for t in state.values() if isinstance(t, torch.Tensor)
+    ]
     assert tensors and all(t.device.type == "cpu" for t in tensors)
 
 

@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+
 from conftest import TRAINKIT, assert_same_tensors, load_ckpt, metric_history, subprocess_env, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
@@ -24,8 +25,12 @@ def _torchrun(nproc, *args, extra=(), env=None, timeout=240):
 
 
 def _config(tmp_path, name, batch_size, **sections):
-    config = tiny_config(tmp_path, name=name, data={"n_train": 128, "n_test": 50, "batch_size": batch_size,
-                                                    "eval_batch_size": 10}, **sections)
+    config = tiny_config(
+        tmp_path,
+        name=name,
+        data={"n_train": 128, "n_test": 50, "batch_size": batch_size, "eval_batch_size": 10},
+        **sections,
+    )
     config["trainer"].update(epochs=2, log_every=2)
     return config
 
@@ -98,17 +103,29 @@ def test_a_checkpoint_from_two_processes_resumes_in_one(tmp_path, cli):
 def test_two_nodes_with_c10d_rendezvous(tmp_path):
     path = write_config(tmp_path / "nodes.yaml", _config(tmp_path, "nodes", 16))
     endpoint = f"127.0.0.1:{_free_port()}"
-    command = TORCHRUN + ["--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}",
-                          "--rdzv_id=trainkit-test", "-m", "trainkit", "train", str(path), "-q"]
-    nodes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=subprocess_env()) for _ in range(2)]
+    command = TORCHRUN + [
+        "--nnodes=2",
+        "--nproc_per_node=1",
+        "--rdzv_backend=c10d",
+        f"--rdzv_endpoint={endpoint}",
+        "--rdzv_id=trainkit-test",
+        "-m",
+        "trainkit",
+        "train",
+        str(path),
+        "-q",
+    ]
+    nodes = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
+        for _ in range(2)
+    ]
     outputs = [node.communicate(timeout=240) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs
     assert sum(out.count("trained 2 epochs, 8 steps") for out, _ in outputs) == 1
     assert load_ckpt(tmp_path / "ckpt" / "nodes" / "last.pt")["world_size"] == 2
 
 
-CRASH_PLUGIN = '''
+CRASH_PLUGIN = """
 import os
 from torch import nn
 from trainkit import MODELS
@@ -126,7 +143,7 @@ class CrashOnRank1(nn.Module):
         return self.linear(x.flatten(1))
 
 MODELS.register("crash_on_rank1")(CrashOnRank1)
-'''
+"""
 
 
 def test_a_crash_on_rank_1_stops_the_whole_job_quickly_with_its_error(tmp_path):
@@ -146,13 +163,23 @@ def test_a_crash_on_rank_1_stops_the_whole_job_quickly_with_its_error(tmp_path):
 
 def test_nproc_starts_torch_distributed_for_you(tmp_path):
     path = write_config(tmp_path / "np.yaml", _config(tmp_path, "np", 16))
-    result = subprocess.run(TRAINKIT + ["train", str(path), "-q", "--nproc", "2"], capture_output=True, text=True,
-                            env=subprocess_env(), timeout=240)
+    result = subprocess.run(
+        TRAINKIT + ["train", str(path), "-q", "--nproc", "2"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("trained 2 epochs, 8 steps") == 1
     assert load_ckpt(tmp_path / "ckpt" / "np" / "last.pt")["world_size"] == 2
-    resumed = subprocess.run(TRAINKIT + ["resume", str(tmp_path / "ckpt" / "np"), "trainer.epochs=3", "-q",
-                                         "--nproc=2"], capture_output=True, text=True, env=subprocess_env(), timeout=240)
+    resumed = subprocess.run(
+        TRAINKIT + ["resume", str(tmp_path / "ckpt" / "np"), "trainer.epochs=3", "-q", "--nproc=2"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=240,
+    )
     assert resumed.returncode == 0, resumed.stderr
     last = load_ckpt(tmp_path / "ckpt" / "np" / "last.pt")
     assert last["epoch"] == 3 and last["world_size"] == 2

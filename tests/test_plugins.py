@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import TRAINKIT, load_ckpt, subprocess_env, write_config
 from helpers_ecosystem import PLUGIN, PLUGIN_PKG, forget_plugin, plugin_config, write_entry_point_dist
-
 from trainkit import plugins
 from trainkit.registry import REGISTRIES
 
@@ -75,8 +75,10 @@ def test_broken_entry_point_warns_and_trainkit_still_works(cli, tmp_path, monkey
     code, out, err = cli("ls", "models")
     assert code == 0
     assert "cnn" in out
-    assert "warning: plugin entry point 'demo' (no_such_module_xyz) failed to load: No module named " \
-           "'no_such_module_xyz'" in err
+    assert (
+        "warning: plugin entry point 'demo' (no_such_module_xyz) failed to load: No module named "
+        "'no_such_module_xyz'" in err
+    )
 
 
 def test_entry_point_plugin_trains_and_eval_without_it_exits_2(tmp_path):
@@ -87,18 +89,26 @@ def test_entry_point_plugin_trains_and_eval_without_it_exits_2(tmp_path):
     path = write_config(tmp_path / "plugged.yaml", config)
     env = _env_without_plugin()
     env["PYTHONPATH"] = os.pathsep.join([str(site), str(PLUGIN_PKG)])
-    run = subprocess.run([*TRAINKIT, "train", str(path), "--quiet"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [*TRAINKIT, "train", str(path), "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr
     last = tmp_path / "ckpt" / "plugged" / "last.pt"
     assert load_ckpt(last)["plugins"] == [PLUGIN]
 
-    run = subprocess.run([*TRAINKIT, "eval", "--ckpt", str(last)], cwd=tmp_path, env=_env_without_plugin(),
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [*TRAINKIT, "eval", "--ckpt", str(last)],
+        cwd=tmp_path,
+        env=_env_without_plugin(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.strip() == (
         f"error: checkpoint {last} needs plugin module '{PLUGIN}' (ModuleNotFoundError: No module named "
-        f"'{PLUGIN}'); install the package that provides it or put it on PYTHONPATH")
+        f"'{PLUGIN}'); install the package that provides it or put it on PYTHONPATH"
+    )
 
 
 @pytest.mark.parametrize("command", ["eval", "resume", "predict", "export"])
@@ -112,10 +122,12 @@ def test_commands_from_a_checkpoint_name_the_missing_plugin(cli, tmp_path, monke
 
     forget_plugin()
     monkeypatch.setitem(sys.modules, PLUGIN, None)  # as if not installed: import fails
-    args = {"eval": ["eval", "--ckpt", run_dir / "last.pt"],
-            "resume": ["resume", run_dir, "trainer.epochs=2"],
-            "predict": ["predict", "--ckpt", run_dir / "last.pt", tmp_path / "x.png"],
-            "export": ["export", "--ckpt", run_dir / "last.pt", "-o", tmp_path / "m.pt2"]}[command]
+    args = {
+        "eval": ["eval", "--ckpt", run_dir / "last.pt"],
+        "resume": ["resume", run_dir, "trainer.epochs=2"],
+        "predict": ["predict", "--ckpt", run_dir / "last.pt", tmp_path / "x.png"],
+        "export": ["export", "--ckpt", run_dir / "last.pt", "-o", tmp_path / "m.pt2"],
+    }[command]
     code, out, err = cli(*args)
     assert code == 2 and out == ""
     assert f"needs plugin module '{PLUGIN}' (ModuleNotFoundError" in err
@@ -133,7 +145,8 @@ def test_entry_point_naming_a_function_is_called(cli, tmp_path, monkeypatch):
         "    def sgd_from_function(params, lr: float = 0.1):\n"
         "        '''SGD, registered by an entry-point function.'''\n"
         "        import torch\n"
-        "        return torch.optim.SGD(params, lr=lr)\n")
+        "        return torch.optim.SGD(params, lr=lr)\n"
+    )
     monkeypatch.syspath_prepend(str(write_entry_point_dist(tmp_path / "site", value="register_later:register")))
     _fresh_entry_point_scan(monkeypatch)
     code, out, err = cli("ls", "optimizers")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-
 import sys
 
 import pytest
+
 from conftest import REPO, subprocess_env
 
 README = (REPO / "README.md").read_text()
@@ -18,12 +18,12 @@ def _blocks_after(heading: str) -> list[tuple[str, str]]:
     """(language, code) of the fenced blocks in the section that starts with `heading`."""
     start = README.index(heading)
     end = README.find("\n## ", start + len(heading))
-    section = README[start:end if end > 0 else None]
+    section = README[start : end if end > 0 else None]
     return re.findall(r"```(\w*)\n(.*?)```", section, flags=re.S)
 
 
 def test_setup_commands_are_the_ones_ci_runs():
-    (_, commands), = _blocks_after("## Set-up: two commands")
+    ((_, commands),) = _blocks_after("## Set-up: two commands")
     lines = [line for line in commands.splitlines() if line and not line.startswith("#")]
     assert len(lines) == 2
     main_job, tests = lines
@@ -40,8 +40,13 @@ def test_the_config_error_example_prints_what_the_readme_shows(tmp_path):
     (tmp_path / "bad.yaml").write_text(bad_yaml)
     command = session.splitlines()[0].removeprefix("$ ").split()
     expected = "\n".join(session.splitlines()[1:-2]) + "\n"
-    result = subprocess.run([sys.executable, "-m", "trainkit", *command[1:]], cwd=tmp_path, capture_output=True,
-                            text=True, env=subprocess_env())
+    result = subprocess.run(
+        [sys.executable, "-m", "trainkit", *command[1:]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+    )
     assert result.returncode == int(session.splitlines()[-1])
     assert result.stderr == expected
 
@@ -55,7 +60,8 @@ def test_the_plugin_example_registers_and_trains(tmp_path, cli, monkeypatch):
         "data: {name: synthetic_images, n_train: 64, n_test: 32, size: 8, batch_size: 16}\n"
         "optimizer: {name: adam}\n"
         f"trainer: {{epochs: 1, device: cpu}}\n"
-        f"checkpoint: {{dir: {tmp_path / 'ckpt'}}}\n")
+        f"checkpoint: {{dir: {tmp_path / 'ckpt'}}}\n"
+    )
     (tmp_path / "plugin.yaml").write_text(config)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -67,11 +73,11 @@ def test_the_plugin_example_registers_and_trains(tmp_path, cli, monkeypatch):
 
 
 def test_the_python_api_example_runs(tmp_path, monkeypatch):
-    (_, code), = [b for b in _blocks_after("## Python API") if b[0] == "python"]
+    ((_, code),) = [b for b in _blocks_after("## Python API") if b[0] == "python"]
     shutil.copytree(REPO / "configs", tmp_path / "configs")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    exec(compile(code, "README.md", "exec"), namespace)  # our own README, tested as written
     assert namespace["metrics"]["split"] == "test" and namespace["metrics"]["mse"] < 1.0
     assert (tmp_path / "checkpoints" / "linear_regression" / "best.pt").exists()
 
@@ -85,8 +91,11 @@ def _config_keys() -> list[str]:
     def walk(model: type[BaseModel], prefix: str) -> list[str]:
         keys = []
         for name, field in model.model_fields.items():
-            nested = [a for a in (field.annotation, *getattr(field.annotation, "__args__", ()))
-                      if isinstance(a, type) and issubclass(a, BaseModel)]
+            nested = [
+                a
+                for a in (field.annotation, *getattr(field.annotation, "__args__", ()))
+                if isinstance(a, type) and issubclass(a, BaseModel)
+            ]
             if name in ("model", "data", "optimizer"):
                 continue  # component sections: their own keys are listed below
             if nested and name not in ("scheduler", "early_stopping"):
@@ -95,8 +104,11 @@ def _config_keys() -> list[str]:
                 keys.append(prefix + name)
         return keys
 
-    return walk(ExperimentConfig, "") + [f"data.{k}" for k in ("name", "batch_size", "eval_batch_size")] + \
-        ["data.augment.crop_padding", "data.augment.hflip", "model.name", "optimizer.name"]
+    return (
+        walk(ExperimentConfig, "")
+        + [f"data.{k}" for k in ("name", "batch_size", "eval_batch_size")]
+        + ["data.augment.crop_padding", "data.augment.hflip", "model.name", "optimizer.name"]
+    )
 
 
 @pytest.mark.parametrize("key", _config_keys())

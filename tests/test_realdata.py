@@ -7,12 +7,14 @@ on correctly read data gives (a reader that scrambled images or labels would sit
 from __future__ import annotations
 
 import pytest
-from conftest import SHARED_DATA
 
 import trainkit
+from conftest import SHARED_DATA
 
-pytestmark = [pytest.mark.realdata,
-              pytest.mark.skipif(not (SHARED_DATA / "MNIST" / "raw").is_dir(), reason="no ../shared/data")]
+pytestmark = [
+    pytest.mark.realdata,
+    pytest.mark.skipif(not (SHARED_DATA / "MNIST" / "raw").is_dir(), reason="no ../shared/data"),
+]
 
 
 @pytest.mark.parametrize("dataset,steps,threshold", [("mnist", 300, 0.95), ("fashion_mnist", 300, 0.80)])
@@ -20,8 +22,13 @@ def test_a_few_hundred_steps_learn_the_real_data(tmp_path, dataset, steps, thres
     config = {
         "name": dataset,
         "model": {"name": "cnn"},
-        "data": {"name": dataset, "root": str(SHARED_DATA), "download": False, "batch_size": 64,
-                 "eval_batch_size": 500},
+        "data": {
+            "name": dataset,
+            "root": str(SHARED_DATA),
+            "download": False,
+            "batch_size": 64,
+            "eval_batch_size": 500,
+        },
         "optimizer": {"name": "adam", "lr": 0.002},
         "trainer": {"epochs": 1, "limit_batches": steps, "log_every": 100},
         "checkpoint": {"dir": str(tmp_path)},

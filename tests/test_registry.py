@@ -9,7 +9,7 @@ from trainkit.registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, Registry
 
 
 def _registry() -> Registry:
-    return Registry("widget", ["size"], builtins="trainkit.models")
+    return Registry("widget", ["size"], builtins="trainkit.builtin")
 
 
 def test_register_build_and_names():
@@ -26,7 +26,9 @@ def test_register_build_and_names():
 
     assert widgets.names() == ["round", "square"]
     assert widgets.build("round", {"color": "blue"}, size=3) == (3, "blue")
-    assert widgets.build("square", {}, size=5, unused_runtime_input=1) == 5  # runtime inputs it doesn't take are dropped
+    assert (
+        widgets.build("square", {}, size=5, unused_runtime_input=1) == 5
+    )  # runtime inputs it doesn't take are dropped
     assert list(widgets.options("round")) == ["color"]  # runtime inputs are not options
     assert widgets.get("round").summary == "A round widget."
     assert "round" in widgets and "hexagon" not in widgets
@@ -40,13 +42,15 @@ def test_duplicate_name_says_where_the_first_one_was_registered():
         return size
 
     with pytest.raises(RegistryError) as info:
+
         @widgets.register("w")
         def second(size):
             return size
 
     message = str(info.value)
-    assert message.startswith("widget 'w' is already registered by tests.test_registry.") or \
-        message.startswith("widget 'w' is already registered by test_registry.")
+    assert message.startswith("widget 'w' is already registered by tests.test_registry.") or message.startswith(
+        "widget 'w' is already registered by test_registry."
+    )
     assert "first" in message and "test_registry.py:" in message and "second" in message
 
 
@@ -54,7 +58,9 @@ def test_unknown_name_lists_what_exists_and_suggests():
     widgets = _registry()
     widgets.register("sphere")(lambda size: size)
     widgets.register("cube")(lambda size: size)
-    with pytest.raises(RegistryError, match=r"^unknown widget 'spere'; did you mean 'sphere'\? \(known: cube, sphere\)$"):
+    with pytest.raises(
+        RegistryError, match=r"^unknown widget 'spere'; did you mean 'sphere'\? \(known: cube, sphere\)$"
+    ):
         widgets.get("spere")
     with pytest.raises(RegistryError, match=r"^unknown widget 'zzz' \(known: cube, sphere\)$"):
         widgets.build("zzz", {})
@@ -133,9 +139,19 @@ def test_classifier_on_regression_data_is_a_config_error():
 def test_fast_cnn_pools_before_batch_norm_and_sizes_itself():
     import torch
 
-    model = MODELS.build("fast_cnn", {"widths": [8, 16], "convs_per_block": 2}, input_shape=(3, 32, 32),
-                         num_classes=5, num_outputs=5)
+    model = MODELS.build(
+        "fast_cnn", {"widths": [8, 16], "convs_per_block": 2}, input_shape=(3, 32, 32), num_classes=5, num_outputs=5
+    )
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 5)
     first_block = [type(m).__name__ for m in model.blocks[0].modules()][1:]
-    assert first_block == ["Sequential", "Conv2d", "BatchNorm2d", "ReLU",
-                           "Sequential", "Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"]
+    assert first_block == [
+        "Sequential",
+        "Conv2d",
+        "BatchNorm2d",
+        "ReLU",
+        "Sequential",
+        "Conv2d",
+        "MaxPool2d",
+        "BatchNorm2d",
+        "ReLU",
+    ]

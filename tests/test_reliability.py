@@ -17,10 +17,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import (TRAINKIT, CodePayload, assert_same_tensors, load_ckpt, make_mnist_root, metric_history, subprocess_env,
-                      tiny_config, write_config)
 
 import trainkit
+from conftest import (
+    TRAINKIT,
+    CodePayload,
+    assert_same_tensors,
+    load_ckpt,
+    make_mnist_root,
+    metric_history,
+    subprocess_env,
+    tiny_config,
+    write_config,
+)
 
 # Saves are slowed in the child so that a kill lands inside a checkpoint write on purpose:
 # torch.save writes half the bytes, pauses, then writes the rest.
@@ -40,16 +49,22 @@ main()
 
 
 def _kill_config(tmp_path):
-    config = tiny_config(tmp_path, name="k", model={"dropout": 0.3},
-                         data={"n_train": 320, "batch_size": 16}, checkpoint={"every_n_steps": 1})
+    config = tiny_config(
+        tmp_path,
+        name="k",
+        model={"dropout": 0.3},
+        data={"n_train": 320, "batch_size": 16},
+        checkpoint={"every_n_steps": 1},
+    )
     config["trainer"].update(epochs=3, log_every=5)
     return config
 
 
 def _start(args, slow=False, cwd=None):
     command = [sys.executable, "-c", SLOW_SAVE_MAIN, *args] if slow else TRAINKIT + list(args)
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=subprocess_env(), cwd=cwd)
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(), cwd=cwd
+    )
 
 
 def _wait_for(predicate, timeout=60.0, interval=0.005):
@@ -79,14 +94,18 @@ def test_sigkill_at_random_moments_never_costs_more_than_the_last_checkpoint(tmp
     run_dir = tmp_path / "ckpt" / "k"
     kills = mid_write_kills = 0
     last_step = -1
-    for attempt in range(40):
+    for _attempt in range(40):
         has_checkpoint = (run_dir / "last.pt").exists() or any(run_dir.glob("step-*.pt"))
         args = ["resume", str(run_dir), "-q"] if has_checkpoint else ["train", str(config_file), "-q", "--overwrite"]
         proc = _start(args, slow=True)
         if kills < 12:
-            assert _wait_for(lambda: (run_dir / "status.json").exists() and proc.poll() is None or proc.poll() is not None)
+            assert _wait_for(
+                lambda p=proc: (run_dir / "status.json").exists() and p.poll() is None or p.poll() is not None
+            )
             if kills % 2 == 0:  # inside a checkpoint write
-                _wait_for(lambda: _in_checkpoint_write(run_dir) or proc.poll() is not None, timeout=30, interval=0.001)
+                _wait_for(
+                    lambda p=proc: _in_checkpoint_write(run_dir) or p.poll() is not None, timeout=30, interval=0.001
+                )
                 mid_write_kills += _in_checkpoint_write(run_dir)
             else:  # anywhere
                 time.sleep(rand.uniform(0.0, 0.6))
@@ -123,8 +142,11 @@ def test_signal_saves_stops_and_resumes_exactly(tmp_path, kill_reference, sig, c
     config_file = write_config(tmp_path / "k.yaml", config)
     run_dir = tmp_path / "ckpt" / "k"
     proc = _start(["train", str(config_file)])
-    assert _wait_for(lambda: (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text()
-                     or proc.poll() is not None)
+    assert _wait_for(
+        lambda: (
+            (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text() or proc.poll() is not None
+        )
+    )
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
@@ -133,8 +155,9 @@ def test_signal_saves_stops_and_resumes_exactly(tmp_path, kill_reference, sig, c
     stopped_at = load_ckpt(run_dir / "last.pt")
     assert 0 < stopped_at["step"] < 60
     assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
-    resumed = subprocess.run(TRAINKIT + ["resume", str(run_dir), "-q"], capture_output=True, text=True,
-                             env=subprocess_env())
+    resumed = subprocess.run(
+        TRAINKIT + ["resume", str(run_dir), "-q"], capture_output=True, text=True, env=subprocess_env()
+    )
     assert resumed.returncode == 0, resumed.stderr
     final, reference = load_ckpt(run_dir / "last.pt"), load_ckpt(tmp_path / "ckpt" / "ref" / "last.pt")
     for key in ("model", "optimizer", "state", "rng"):
@@ -154,15 +177,22 @@ def test_second_ctrl_c_while_saving_corrupts_nothing(tmp_path, kill_reference):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "still saving the checkpoint" in err or err.count("SIGINT") >= 1
-    assert subprocess.run(TRAINKIT + ["resume", str(run_dir), "-q"], env=subprocess_env(),
-                          capture_output=True).returncode == 0
+    assert (
+        subprocess.run(TRAINKIT + ["resume", str(run_dir), "-q"], env=subprocess_env(), capture_output=True).returncode
+        == 0
+    )
     assert_same_tensors(load_ckpt(run_dir / "last.pt")["model"], load_ckpt(kill_reference / "last.pt")["model"])
 
 
 def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(cli, tmp_path):
-    config = tiny_config(tmp_path, name="nan", model={"name": "linear_regression"},
-                         data={"name": "synthetic_regression", "batch_size": 50},
-                         optimizer={"name": "sgd", "lr": 10.0}, checkpoint={"every_n_steps": 5})
+    config = tiny_config(
+        tmp_path,
+        name="nan",
+        model={"name": "linear_regression"},
+        data={"name": "synthetic_regression", "batch_size": 50},
+        optimizer={"name": "sgd", "lr": 10.0},
+        checkpoint={"every_n_steps": 5},
+    )
     for key in ("channels", "hidden"):
         config["model"].pop(key)
     for key in ("n_test", "size", "num_classes"):
@@ -203,16 +233,23 @@ def test_malicious_checkpoint_is_refused_and_its_payload_never_runs(cli, tmp_pat
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("case,code,message", [
-    ("missing", 2, "checkpoint not found: {path}"),
-    ("folder_without_checkpoints", 2, "{path} holds no checkpoint (no last.pt or step-*.pt)"),
-    ("truncated", 1, "{path}: truncated, corrupt or not a checkpoint file"),
-    ("not_a_checkpoint", 1, "{path}: truncated, corrupt or not a checkpoint file"),
-    ("bare_state_dict", 1, "{path}: not a trainkit checkpoint"),
-    ("other_architecture", 1, "{path} was written by a different model architecture: fc1.weight is (16, 32) in the "
-                              "checkpoint but (20, 32) in the model"),
-    ("newer_format", 1, "{path}: written in checkpoint format 99 by a newer trainkit"),
-])
+@pytest.mark.parametrize(
+    "case,code,message",
+    [
+        ("missing", 2, "checkpoint not found: {path}"),
+        ("folder_without_checkpoints", 2, "{path} holds no checkpoint (no last.pt or step-*.pt)"),
+        ("truncated", 1, "{path}: truncated, corrupt or not a checkpoint file"),
+        ("not_a_checkpoint", 1, "{path}: truncated, corrupt or not a checkpoint file"),
+        ("bare_state_dict", 1, "{path}: not a trainkit checkpoint"),
+        (
+            "other_architecture",
+            1,
+            "{path} was written by a different model architecture: fc1.weight is (16, 32) in the "
+            "checkpoint but (20, 32) in the model",
+        ),
+        ("newer_format", 1, "{path}: written in checkpoint format 99 by a newer trainkit"),
+    ],
+)
 @pytest.mark.parametrize("command", ["eval", "resume"])
 def test_bad_checkpoint_paths(cli, tmp_path, trained, command, case, code, message):
     path = tmp_path / "bad.pt"
@@ -302,8 +339,8 @@ def test_truncated_dataset_file(cli, tmp_path):
 
 
 def test_resume_skips_a_corrupt_newest_checkpoint_and_keeps_it_aside(cli, tmp_path, monkeypatch):
-    from trainkit.api import Session
     from trainkit.errors import TrainingInterrupted
+    from trainkit.training.session import Session
 
     reference = tiny_config(tmp_path, name="ref", checkpoint={"every_n_steps": 2, "keep_last": 3})
     trainkit.train(reference, quiet=True)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from conftest import assert_same_tensors, load_ckpt, metric_history, tiny_config
 
 import trainkit
-from trainkit.api import Session
+from conftest import assert_same_tensors, load_ckpt, metric_history, tiny_config
 from trainkit.errors import TrainingInterrupted
+from trainkit.training.session import Session
 
 # 96 training samples / batch 16 = 6 batches per epoch, 3 epochs = 18 steps
 VARIANTS = {
@@ -34,6 +34,7 @@ def _config(tmp_path, name, variant):
 
 def _interrupt_at(monkeypatch, step):
     """Make the stop request (what SIGINT sets) appear right after optimizer step `step`."""
+
     def stop_requested(self, state):
         return state.step == step
 
@@ -77,7 +78,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, ref
     trainkit.resume(run_dir, quiet=True)
     assert_same_tensors(_final(run_dir), _final(reference[variant]) | {"config": _final(run_dir)["config"]})
     assert _final(run_dir)["config"] == _final(reference[variant])["config"] | {
-        "name": "run", "checkpoint": _final(run_dir)["config"]["checkpoint"]}
+        "name": "run",
+        "checkpoint": _final(run_dir)["config"]["checkpoint"],
+    }
     assert metric_history(run_dir) == metric_history(reference[variant])
 
 

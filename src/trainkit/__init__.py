@@ -11,26 +11,44 @@ from typing import TYPE_CHECKING, Any
 from trainkit._version import __version__
 
 __all__ = [
-    "__version__", "train", "resume", "evaluate", "load_config",
-    "MODELS", "DATASETS", "OPTIMIZERS", "SCHEDULERS", "DataBundle", "DatasetInfo", "TensorSplit",
-    "TrainkitError", "ConfigError",
+    "__version__",
+    "train",
+    "resume",
+    "evaluate",
+    "load_config",
+    "MODELS",
+    "DATASETS",
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "DataBundle",
+    "DatasetInfo",
+    "TensorSplit",
+    "TrainkitError",
+    "ConfigError",
 ]
 
 _LAZY = {
-    "train": "trainkit.api", "resume": "trainkit.api", "evaluate": "trainkit.api",
+    "train": "trainkit.api",
+    "resume": "trainkit.api",
+    "evaluate": "trainkit.api",
     "load_config": "trainkit.config",
-    "MODELS": "trainkit.registry", "DATASETS": "trainkit.registry",
-    "OPTIMIZERS": "trainkit.registry", "SCHEDULERS": "trainkit.registry",
-    "DataBundle": "trainkit.data", "DatasetInfo": "trainkit.data", "TensorSplit": "trainkit.data",
-    "TrainkitError": "trainkit.errors", "ConfigError": "trainkit.errors",
+    "MODELS": "trainkit.registry",
+    "DATASETS": "trainkit.registry",
+    "OPTIMIZERS": "trainkit.registry",
+    "SCHEDULERS": "trainkit.registry",
+    "DataBundle": "trainkit.training.data",
+    "DatasetInfo": "trainkit.training.data",
+    "TensorSplit": "trainkit.training.data",
+    "TrainkitError": "trainkit.errors",
+    "ConfigError": "trainkit.errors",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainkit.api import evaluate, resume, train
     from trainkit.config import load_config
-    from trainkit.data import DataBundle, DatasetInfo, TensorSplit
     from trainkit.errors import ConfigError, TrainkitError
     from trainkit.registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULERS
+    from trainkit.training.data import DataBundle, DatasetInfo, TensorSplit
 
 
 def __getattr__(name: str) -> Any:
@@ -41,3 +59,8 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module 'trainkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # the lazy names are part of the module, so dir(trainkit) and completion show them
+    return sorted(set(globals()) | set(__all__))

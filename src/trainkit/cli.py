@@ -11,7 +11,8 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Callable, List, Optional
+from collections.abc import Callable
+from typing import Any
 
 import typer
 
@@ -26,8 +27,9 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-OVERRIDES = typer.Argument(None, help="Overrides like optimizer.lr=0.1 trainer.epochs=2 (YAML values).",
-                           show_default=False)
+OVERRIDES = typer.Argument(
+    None, help="Overrides like optimizer.lr=0.1 trainer.epochs=2 (YAML values).", show_default=False
+)
 DEVICE = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps (overrides trainer.device).")
 QUIET = typer.Option(False, "--quiet", "-q", help="Only errors and the final result.")
 
@@ -42,23 +44,33 @@ def _err(text: str) -> None:
     print(prefix + text, file=sys.stderr, flush=True)
 
 
-class _WarningHandler(logging.Handler):
+class _LogHandler(logging.Handler):
+    """trainkit's log records as lines on stderr: warnings always, notes unless --quiet."""
+
     def emit(self, record: logging.LogRecord) -> None:
-        _err(f"warning: {record.getMessage()}")
+        if record.levelno >= logging.WARNING:
+            _err(f"warning: {record.getMessage()}")
+        elif _is_main():
+            _err(record.getMessage())
 
 
-def _setup_logging() -> None:
+def _setup_logging(quiet: bool = False) -> None:
     logger = logging.getLogger("trainkit")
-    if not any(isinstance(h, _WarningHandler) for h in logger.handlers):
-        logger.addHandler(_WarningHandler(logging.WARNING))
+    handler = next((h for h in logger.handlers if isinstance(h, _LogHandler)), None)
+    if handler is None:
+        handler = _LogHandler()
+        logger.addHandler(handler)
         logger.propagate = False
+    level = logging.WARNING if quiet else logging.INFO
+    handler.setLevel(level)
+    logger.setLevel(level)
 
 
-def _call(fn: Callable[[], Any]) -> Any:
+def _call(fn: Callable[[], Any], quiet: bool = False) -> Any:
     """Run a command body; map trainkit's errors to one line on stderr and an exit code."""
     from trainkit.errors import TrainingInterrupted, TrainkitError
 
-    _setup_logging()
+    _setup_logging(quiet)
     try:
         return fn()
     except TrainingInterrupted as exc:
@@ -77,14 +89,9 @@ def _call(fn: Callable[[], Any]) -> Any:
     except KeyboardInterrupt:
         _err("interrupted")
         raise typer.Exit(130) from None
-    except MemoryError:
-        _err("error: out of memory; lower data.batch_size or data.eval_batch_size")
+    except MemoryError:  # outside the API's own translation (e.g. while reading a huge config)
+        _err("error: out of host memory")
         raise typer.Exit(1) from None
-    except RuntimeError as exc:
-        if "out of memory" in str(exc):
-            _err("error: out of device memory; lower data.batch_size or data.eval_batch_size")
-            raise typer.Exit(1) from None
-        raise
 
 
 def _version(value: bool) -> None:
@@ -94,15 +101,26 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """Train PyTorch models from a YAML config."""
 
 
 def _launch_distributed(nproc: int, argv: list[str]) -> None:
     """Re-run this command under torch.distributed's own launcher (what torchrun runs)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "trainkit", *argv]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "trainkit",
+        *argv,
+    ]
     sys.stdout.flush()
     os.execv(sys.executable, command)
 
@@ -122,25 +140,29 @@ def _strip_nproc(argv: list[str]) -> list[str]:
 def _print_result(result: dict[str, Any], quiet: bool, verb: str) -> None:
     from rich.console import Console
 
-    from trainkit.progress import summary_table
+    from trainkit.tools.summary import summary_table
 
     # NO_COLOR means no escape codes at all: rich's own no_color still sends bold and italic
     console = Console(color_system=None if os.environ.get("NO_COLOR") else "auto", highlight=False)
     if not quiet and result["history"]:
         console.print(summary_table(result["history"], f"{verb}: {result['run_dir']}"))
     best = result["best_metric"]
-    best_text = f"best {result['monitor']} {best:.4f} at epoch {result['best_epoch']}" if best is not None else "no best"
+    best_text = (
+        f"best {result['monitor']} {best:.4f} at epoch {result['best_epoch']}" if best is not None else "no best"
+    )
     early = " (stopped early)" if result["stopped_early"] else ""
     epochs = f"{result['epochs']} epoch" + ("" if result["epochs"] == 1 else "s")
-    console.print(f"{verb} {epochs}{early}, {result['step']} steps; {best_text}; "
-                  f"checkpoints in {result['run_dir']}", soft_wrap=True)
+    console.print(
+        f"{verb} {epochs}{early}, {result['step']} steps; {best_text}; checkpoints in {result['run_dir']}",
+        soft_wrap=True,
+    )
 
 
 @app.command()
 def train(
     config: str = typer.Argument(..., help="Experiment YAML file."),
-    overrides: Optional[List[str]] = OVERRIDES,
-    device: Optional[str] = DEVICE,
+    overrides: list[str] | None = OVERRIDES,
+    device: str | None = DEVICE,
     quiet: bool = QUIET,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run that already exists in the folder."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this machine (starts torch.distributed.run)."),
@@ -152,18 +174,19 @@ def train(
     def body() -> None:
         from trainkit.api import train as run_train
 
+        _own_process()
         result = run_train(config, overrides or [], device=device, quiet=quiet, overwrite=overwrite)
         if _is_main():
             _print_result(result, quiet, "trained")
 
-    _call(body)
+    _call(body, quiet)
 
 
 @app.command()
 def resume(
     path: str = typer.Argument(..., help="Run folder (newest good checkpoint) or a checkpoint file."),
-    overrides: Optional[List[str]] = OVERRIDES,
-    device: Optional[str] = DEVICE,
+    overrides: list[str] | None = OVERRIDES,
+    device: str | None = DEVICE,
     quiet: bool = QUIET,
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this machine (starts torch.distributed.run)."),
 ) -> None:
@@ -174,19 +197,20 @@ def resume(
     def body() -> None:
         from trainkit.api import resume as run_resume
 
+        _own_process()
         result = run_resume(path, overrides or [], device=device, quiet=quiet)
         if _is_main():
             _print_result(result, quiet, "trained")
 
-    _call(body)
+    _call(body, quiet)
 
 
 @app.command("eval")
 def eval_(
     ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint file (or run folder: its best.pt)."),
-    overrides: Optional[List[str]] = OVERRIDES,
+    overrides: list[str] | None = OVERRIDES,
     split: str = typer.Option("test", "--split", help="test | train"),
-    device: Optional[str] = DEVICE,
+    device: str | None = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
 ) -> None:
     """Evaluate a checkpoint; it carries its config, so nothing else is needed."""
@@ -194,14 +218,16 @@ def eval_(
     def body() -> None:
         from trainkit.api import evaluate
 
+        _own_process()
         result = evaluate(ckpt, split, overrides or [], device=device)
         if not _is_main():
             return
         if as_json:
             print(json.dumps(result))
         else:
-            parts = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                              for k, v in result.items() if k != "split")
+            parts = "  ".join(
+                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items() if k != "split"
+            )
             print(f"{result['split']}: {parts}")
 
     _call(body)
@@ -210,13 +236,12 @@ def eval_(
 @app.command()
 def validate(
     config: str = typer.Argument(..., help="Experiment YAML file."),
-    overrides: Optional[List[str]] = OVERRIDES,
+    overrides: list[str] | None = OVERRIDES,
 ) -> None:
     """Check a config (every problem at once) and print the resolved result."""
 
     def body() -> None:
-        from trainkit.config import load_config
-        from trainkit.yamlio import dump_yaml
+        from trainkit.config import dump_yaml, load_config
 
         cfg = load_config(config, overrides or [])
         print(dump_yaml(cfg.to_dict()), end="")
@@ -226,7 +251,7 @@ def validate(
 
 
 @app.command("ls")
-def ls(kind: Optional[str] = typer.Argument(None, help="models | datasets | optimizers | schedulers")) -> None:
+def ls(kind: str | None = typer.Argument(None, help="models | datasets | optimizers | schedulers")) -> None:
     """List the registered components and their options."""
 
     def body() -> None:
@@ -245,7 +270,8 @@ def ls(kind: Optional[str] = typer.Argument(None, help="models | datasets | opti
             for name in registry.names():
                 options = ", ".join(
                     p.name + ("" if p.default is inspect.Parameter.empty else f"={p.default!r}")
-                    for p in registry.options(name).values())
+                    for p in registry.options(name).values()
+                )
                 print(f"  {name:<22} {registry.get(name).summary}")
                 if options:
                     print(f"  {'':<22} options: {options}")
@@ -255,8 +281,9 @@ def ls(kind: Optional[str] = typer.Argument(None, help="models | datasets | opti
 
 @app.command()
 def schema(
-    imports: Optional[List[str]] = typer.Option(None, "--import", metavar="MODULE",
-                                                help="Import a plugin module first, so its components are included."),
+    imports: list[str] | None = typer.Option(
+        None, "--import", metavar="MODULE", help="Import a plugin module first, so its components are included."
+    ),
 ) -> None:
     """Print the JSON Schema of experiment configs (for editors and CI checks).
 
@@ -266,9 +293,9 @@ def schema(
     """
 
     def body() -> None:
+        from trainkit.config.jsonschema import config_schema
         from trainkit.errors import PluginError
         from trainkit.plugins import import_modules
-        from trainkit.schema import config_schema
 
         problems = import_modules(list(imports or []))
         if problems:
@@ -290,7 +317,7 @@ def runs(
     """
 
     def body() -> None:
-        from trainkit.runs import format_table, list_runs
+        from trainkit.tools.runs import format_table, list_runs
 
         found = list_runs(directory)
         if as_json:
@@ -305,8 +332,9 @@ def runs(
 
 @app.command()
 def plot(
-    run_dirs: List[str] = typer.Argument(..., metavar="RUN...",
-                                         help="Run folders (or their metrics.jsonl), one colour each."),
+    run_dirs: list[str] = typer.Argument(
+        ..., metavar="RUN...", help="Run folders (or their metrics.jsonl), one colour each."
+    ),
     output: str = typer.Option("curves.png", "--output", "-o", help="Image to write: .png, .svg or .pdf."),
     width: int = typer.Option(900, "--width", help="Figure width in pixels."),
     height: int = typer.Option(350, "--height", help="Figure height in pixels."),
@@ -317,7 +345,7 @@ def plot(
     """
 
     def body() -> None:
-        from trainkit.plot import plot_runs
+        from trainkit.tools.plot import plot_runs
 
         print(f"wrote {plot_runs(run_dirs, output, width, height)}")
 
@@ -326,11 +354,12 @@ def plot(
 
 @app.command()
 def predict(
-    images: List[str] = typer.Argument(..., metavar="IMAGE...", help="PNG/JPEG files to classify."),
+    images: list[str] = typer.Argument(..., metavar="IMAGE...", help="PNG/JPEG files to classify."),
     ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint file (or run folder: its best.pt)."),
     top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="How many classes to show per image."),
-    invert: bool = typer.Option(False, "--invert",
-                                help="Invert the pixels first (dark-on-light photos for MNIST-like data)."),
+    invert: bool = typer.Option(
+        False, "--invert", help="Invert the pixels first (dark-on-light photos for MNIST-like data)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list to stdout."),
 ) -> None:
     """Classify images with a trained checkpoint: top-k class names with probabilities.
@@ -340,8 +369,8 @@ def predict(
     """
 
     def body() -> None:
-        from trainkit.predict import format_predictions
-        from trainkit.predict import predict as run_predict
+        from trainkit.tools.predict import format_predictions
+        from trainkit.tools.predict import predict as run_predict
 
         results = run_predict(ckpt, images, top_k, invert)
         print(json.dumps(results) if as_json else format_predictions(results))
@@ -364,15 +393,25 @@ def export_(
     """
 
     def body() -> None:
-        from trainkit.export import export as run_export
+        from trainkit.tools.export import export as run_export
 
         result = run_export(ckpt, output, fmt)
         shape = ", ".join(str(d) for d in result["input_shape"])
         loader = "torch.export.load(path).module()" if fmt == "export" else "torch.jit.load(path)"
-        print(f"wrote {result['output']} ({fmt}, {result['bytes'] / 1e6:.2f} MB): input {result['input']}, "
-              f"shape ({shape}); load with {loader}")
+        print(
+            f"wrote {result['output']} ({fmt}, {result['bytes'] / 1e6:.2f} MB): input {result['input']}, "
+            f"shape ({shape}); load with {loader}"
+        )
 
     _call(body)
+
+
+def _own_process() -> None:
+    """The trainkit command owns its process, so it may tune it for speed: on the CPU, keep
+    freed host memory for reuse unless the config says trainer.host_memory=default."""
+    from trainkit.training import hostmem
+
+    hostmem.set_default("keep")
 
 
 def _is_main() -> bool:

@@ -49,6 +49,14 @@ class CheckpointError(TrainkitError):
     """A checkpoint that cannot be written, read or used."""
 
 
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint that holds Python objects beyond tensors and plain data: never unpickled."""
+
+
+class NewerCheckpointError(CheckpointError):
+    """A checkpoint written in a format newer than this trainkit reads."""
+
+
 class CheckpointNotFoundError(CheckpointError, UsageError):
     """The path given for a checkpoint or run folder does not hold one."""
 
@@ -69,6 +77,10 @@ class NonFiniteLossError(TrainkitError):
             f"{what} {became} at epoch {epoch}, step {step}; stopped without saving "
             "over the last good checkpoint (lower the learning rate, or set trainer.grad_clip)"
         )
+
+
+class OutOfMemoryError(TrainkitError):
+    """The host or a device ran out of memory; the message says which and what to lower."""
 
 
 class PluginError(TrainkitError):

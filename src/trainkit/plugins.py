@@ -16,7 +16,8 @@ import importlib.util
 import logging
 import os
 import sys
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from trainkit.errors import PluginError
 
@@ -45,9 +46,10 @@ def load_entry_points() -> None:
 def _cwd_on_path() -> None:
     # `trainkit` started as a console script does not put the working folder on sys.path
     # the way `python -m` does; users expect `imports: [my_models]` next to their config.
+    # At the end, so a file in the working folder never shadows an installed module.
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
+        sys.path.append(cwd)
 
 
 def import_modules(names: Any) -> list[tuple[tuple, str]]:

@@ -16,8 +16,9 @@ import difflib
 import importlib
 import inspect
 import typing
-from dataclasses import dataclass
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from trainkit.errors import RegistryError
 
@@ -33,6 +34,9 @@ class Entry:
     name: str
     builder: Callable[..., Any]
     origin: str  # "module.qualname (file:line)", shown when a name is registered twice
+    # What the loop must know about the component, declared where it is registered, e.g.
+    # a scheduler's `spans_run=True`: planned over the whole run, so a run cannot be extended.
+    traits: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def signature(self) -> inspect.Signature:
@@ -72,8 +76,12 @@ class Registry:
 
             plugins.load_entry_points()
 
-    def register(self, name: str | None = None) -> Callable[[Callable], Callable]:
-        """Decorator: `@MODELS.register("cnn")` (the name defaults to the function's)."""
+    def register(self, name: str | None = None, **traits: Any) -> Callable[[Callable], Callable]:
+        """Decorator: `@MODELS.register("cnn")` (the name defaults to the function's).
+
+        Keyword traits tell the loop what it needs to know, e.g. `@SCHEDULERS.register("cosine",
+        spans_run=True)` for a schedule planned over the whole run (such a run cannot be extended).
+        """
 
         def decorator(builder: Callable) -> Callable:
             key = name or builder.__name__
@@ -83,7 +91,7 @@ class Registry:
                     f"{self.kind} '{key}' is already registered by {first}; "
                     f"cannot register {_origin(builder)} under the same name"
                 )
-            self._entries[key] = Entry(key, builder, _origin(builder))
+            self._entries[key] = Entry(key, builder, _origin(builder), dict(traits))
             return builder
 
         return decorator
@@ -120,8 +128,7 @@ class Registry:
         return {
             p.name: p
             for p in self.get(name).signature.parameters.values()
-            if p.name not in self.runtime_inputs
-            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY)
+            if p.name not in self.runtime_inputs and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY)
         }
 
     def accepts_any_option(self, name: str) -> bool:
@@ -136,12 +143,11 @@ class Registry:
             return {}
 
 
-MODELS = Registry("model", ["input_shape", "num_classes", "num_outputs"], "trainkit.models")
-DATASETS = Registry("dataset", ["seed"], "trainkit.datasets")
-OPTIMIZERS = Registry("optimizer", ["params"], "trainkit.optim")
-SCHEDULERS = Registry(
-    "scheduler", ["optimizer", "total_steps", "steps_per_epoch", "epochs"], "trainkit.optim"
-)
+# The built-in components live in trainkit.builtin and register exactly as a plugin would.
+MODELS = Registry("model", ["input_shape", "num_classes", "num_outputs"], "trainkit.builtin")
+DATASETS = Registry("dataset", ["seed"], "trainkit.builtin")
+OPTIMIZERS = Registry("optimizer", ["params"], "trainkit.builtin")
+SCHEDULERS = Registry("scheduler", ["optimizer", "total_steps", "steps_per_epoch", "epochs"], "trainkit.builtin")
 
 # config section -> registry; the section's `name:` picks the entry
 REGISTRIES: dict[str, Registry] = {

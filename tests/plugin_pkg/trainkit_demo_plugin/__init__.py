@@ -29,12 +29,16 @@ def demo_linear(input_shape: tuple[int, ...], num_outputs: int, scale: Annotated
 
 
 @DATASETS.register("demo_blobs")
-def demo_blobs(seed: int, n_train: Annotated[int, Field(gt=0)] = 128, n_test: Annotated[int, Field(gt=0)] = 32,
-               features: Annotated[int, Field(gt=0)] = 4):
+def demo_blobs(
+    seed: int,
+    n_train: Annotated[int, Field(gt=0)] = 128,
+    n_test: Annotated[int, Field(gt=0)] = 32,
+    features: Annotated[int, Field(gt=0)] = 4,
+):
     """Two Gaussian blobs in `features` dimensions (plugin demo)."""
     import torch
 
-    from trainkit.data import DataBundle, DatasetInfo, TensorSplit
+    from trainkit.training.data import DataBundle, DatasetInfo, TensorSplit
 
     gen = torch.Generator().manual_seed(seed)
 

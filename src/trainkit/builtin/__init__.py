@@ -1,0 +1,10 @@
+"""The components trainkit ships, registered exactly as a user's plugin registers its own.
+
+Importing this package runs the `@MODELS.register(...)` decorators of every built-in
+model, data set, optimizer and scheduler; the registries import it on first use.
+torch is imported inside the builders, so listing and validating stay fast.
+"""
+
+from trainkit.builtin import datasets, models, optim
+
+__all__ = ["datasets", "models", "optim"]

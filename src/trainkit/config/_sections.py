@@ -1,0 +1,136 @@
+"""The fixed structure of an experiment config, as pydantic models.
+
+Component sections (model, data, optimizer, scheduler) hold `name:` plus the builder's
+options; those are checked against the builder's signature in `_validate.py`. Every model
+is frozen: a validated config is the record of a run, so code derives a new config
+(`with_values`) instead of editing one.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+def _matching(pattern: str, expected: str):
+    def check(value: str) -> str:
+        if not re.fullmatch(pattern, value):
+            raise ValueError(f"should be {expected}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _pattern(pattern: str) -> Any:
+    # _matching gives a readable message; the schema keeps the pattern for editors
+    return Field(json_schema_extra={"pattern": f"^({pattern})$"})
+
+
+_NAME, _DEVICE = r"[A-Za-z0-9][A-Za-z0-9._-]*", r"auto|cpu|mps|cuda(:\d+)?"
+RunName = Annotated[str, _matching(_NAME, "a folder name (letters, digits, '.', '_', '-')"), _pattern(_NAME)]
+Device = Annotated[str, _matching(_DEVICE, "one of auto, cpu, cuda, cuda:N, mps"), _pattern(_DEVICE)]
+
+
+class _Section(BaseModel):
+    # frozen: the resolved config is the run's record; code derives new values, never edits it
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ComponentConfig(BaseModel):
+    """`name:` picks the registered builder; every other key is one of its options."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class AugmentConfig(_Section):
+    crop_padding: NonNegativeInt = Field(0, description="random crop after zero padding by this many pixels; 0 = off")
+    hflip: bool = Field(False, description="random horizontal flip with probability 0.5")
+
+
+class DataConfig(ComponentConfig):
+    batch_size: PositiveInt = Field(64, description="training batch size, per process")
+    eval_batch_size: PositiveInt = Field(1000, description="evaluation batch size, per process")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class EarlyStoppingConfig(_Section):
+    metric: str = Field("val_loss", description="a key of the epoch record, e.g. val_loss, val_accuracy")
+    mode: Literal["min", "max"] = "min"
+    patience: PositiveInt = Field(3, description="epochs without improvement before stopping")
+    min_delta: Annotated[float, Field(ge=0)] = 0.0
+
+
+class TrainerConfig(_Section):
+    epochs: PositiveInt = 5
+    device: Device = Field("auto", description="auto picks cuda, then mps, then cpu")
+    log_every: PositiveInt = Field(50, description="steps between metric reads (each read is a device sync)")
+    grad_clip: Annotated[float, Field(gt=0)] | None = Field(None, description="max global gradient norm")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = Field(False, description="torch.compile the model")
+    channels_last: bool = False
+    cudnn_benchmark: bool = Field(True, description="let cuDNN pick the fastest kernels (CUDA only)")
+    host_memory: Literal["keep", "default"] | None = Field(
+        None,
+        description="CPU runs: keep freed host memory for reuse (glibc malloc thresholds, process-wide) or "
+        "leave malloc as it is; unset: keep under the trainkit command, default through the Python API",
+    )
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = Field(0.0, description="training loss only (classification)")
+    accumulate_grad_batches: PositiveInt = 1
+    limit_batches: PositiveInt | None = Field(None, description="train on at most this many batches per epoch")
+    limit_eval_batches: PositiveInt | None = Field(None, description="evaluate on at most this many batches")
+    early_stopping: EarlyStoppingConfig | None = None
+
+
+class CheckpointConfig(_Section):
+    dir: str = Field("checkpoints", description="runs are written to <dir>/<name>/")
+    every_n_steps: NonNegativeInt = Field(0, description="also save every N optimizer steps; 0 = epoch ends only")
+    keep_last: Annotated[int, Field(ge=2)] = Field(
+        2, description="step checkpoints kept (the newest and older good ones)"
+    )
+
+
+class LoggingConfig(_Section):
+    tensorboard: bool = Field(
+        False, description="also write TensorBoard event files (pip install trainkit[tensorboard])"
+    )
+
+
+class ExperimentConfig(_Section):
+    name: RunName = Field(description="run folder: <checkpoint.dir>/<name>/")
+    seed: int = 0
+    imports: list[str] = Field(default_factory=list, description="modules imported first; they may register components")
+    model: ComponentConfig
+    data: DataConfig
+    optimizer: ComponentConfig
+    scheduler: ComponentConfig | None = None
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.checkpoint.dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def with_values(self, changes: dict[str, Any]) -> ExperimentConfig:
+        """A new validated config with dotted keys set ({"trainer.precision": "fp32"})."""
+        data = self.to_dict()
+        for dotted, value in changes.items():
+            node = data
+            *parents, last = dotted.split(".")
+            for part in parents:
+                node = node[part]
+            node[last] = value
+        return type(self).model_validate(data)

@@ -1,0 +1,221 @@
+"""Experiment config: YAML -> overrides -> one typed, validated object.
+
+Validation happens in two passes over the same raw dict and reports every problem at
+once: pydantic checks the fixed structure (trainer, checkpoint, ...), then each
+component section (model, data, optimizer, scheduler) is checked against the signature
+of the builder its `name:` picks. Nothing here imports torch, so `trainkit validate`
+answers quickly.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from trainkit import plugins
+from trainkit.config._overrides import apply_overrides
+from trainkit.config._sections import ComponentConfig, DataConfig, ExperimentConfig
+from trainkit.config._yaml import KeyPath, read_yaml_file
+from trainkit.errors import ConfigError
+from trainkit.registry import REGISTRIES, Registry, did_you_mean
+
+# Keys of a component section that belong to trainkit, not to the builder.
+_OWN_KEYS = {
+    section: set(model.model_fields)
+    for section, model in {
+        "model": ComponentConfig,
+        "data": DataConfig,
+        "optimizer": ComponentConfig,
+        "scheduler": ComponentConfig,
+    }.items()
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: KeyPath
+    message: str
+
+
+class _Context:
+    """Where each key came from (file line or command-line override), for messages."""
+
+    def __init__(self, lines: dict[KeyPath, int], overrides: dict[KeyPath, str]):
+        self.lines, self.overrides = lines, overrides
+
+    def format(self, problem: Problem) -> str:
+        dotted = ".".join(str(p) for p in problem.path) or "(top level)"
+        for depth in range(len(problem.path), 0, -1):
+            prefix = problem.path[:depth]
+            if prefix in self.overrides:
+                return f"override '{self.overrides[prefix]}': {dotted}: {problem.message}"
+            if prefix in self.lines:
+                return f"line {self.lines[prefix]}: {dotted}: {problem.message}"
+        return f"{dotted}: {problem.message}"
+
+    def sort_key(self, problem: Problem) -> tuple[int, str]:
+        for depth in range(len(problem.path), 0, -1):
+            if problem.path[:depth] in self.lines:
+                return self.lines[problem.path[:depth]], ""
+        return 1 << 30, ".".join(map(str, problem.path))
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _pydantic_problems(error: ValidationError, prefix: KeyPath = ()) -> list[Problem]:
+    problems = []
+    for err in error.errors():
+        path = prefix + tuple(err["loc"])
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            message = "unknown key"
+            parent = _fields_at(path[:-1])
+            if parent is not None:
+                message += did_you_mean(path[-1], parent)
+        elif kind == "missing":
+            message = "required key is missing"
+        else:
+            text = err["msg"]
+            for opening in ("Input should", "Value error, should"):
+                if text.startswith(opening):
+                    text = "should" + text[len(opening) :]
+            message = f"{text}, got {err['input']!r}" if "input" in err else text
+        problems.append(Problem(path, message))
+    return problems
+
+
+def _fields_at(path: KeyPath) -> list[str] | None:
+    """The known key names of the section at `path` (for 'did you mean')."""
+    model: type[BaseModel] = ExperimentConfig
+    for part in path:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        candidates: list[Any] = [a for a in getattr(field.annotation, "__args__", ()) if isinstance(a, type)]
+        candidates.append(field.annotation)
+        nested = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nested is None:
+            return None
+        model = nested
+    return list(model.model_fields)
+
+
+def options_model(registry: Registry, name: str) -> type[BaseModel]:
+    """A pydantic model of the builder's options, from its signature and type hints."""
+    hints = registry.type_hints(name)
+    fields: dict[str, Any] = {}
+    for pname, param in registry.options(name).items():
+        default = ... if param.default is param.empty else param.default
+        fields[pname] = (hints.get(pname, Any), default)
+    config = ConfigDict(extra="allow" if registry.accepts_any_option(name) else "forbid", arbitrary_types_allowed=True)
+    try:
+        return create_model(f"{registry.kind}_{name}_options", __config__=config, **fields)
+    except Exception:  # exotic annotations in user code: check the names only
+        loose: dict[str, Any] = {k: (Any, d) for k, (_, d) in fields.items()}
+        return create_model(f"{registry.kind}_{name}_options", __config__=config, **loose)
+
+
+def _check_component(section: str, raw: Any, registry: Registry) -> tuple[list[Problem], dict[str, Any] | None]:
+    """Problems with one component section, and its options with defaults filled in."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        return [], None  # the structural pass already reports these
+    name = raw["name"]
+    if name not in registry:
+        return [Problem((section, "name"), registry.unknown_message(name))], None
+    given = {k: v for k, v in raw.items() if k not in _OWN_KEYS[section]}
+    known = registry.options(name)
+    problems = []
+    for key in given:
+        if key in registry.runtime_inputs:
+            problems.append(
+                Problem((section, key), f"is supplied by trainkit when the {registry.kind} is built; remove it")
+            )
+    given = {k: v for k, v in given.items() if k not in registry.runtime_inputs}
+    try:
+        validated = options_model(registry, name).model_validate(given)
+    except ValidationError as exc:
+        for problem in _pydantic_problems(exc, (section,)):
+            if problem.message.startswith("unknown key"):
+                listing = ", ".join(known) or "none"
+                problem = Problem(
+                    problem.path,
+                    f"{registry.kind} '{name}' has no option '{problem.path[-1]}'"
+                    f"{did_you_mean(problem.path[-1], known)} (options: {listing})",
+                )
+            problems.append(problem)
+        return problems, None
+    try:
+        resolved = validated.model_dump(mode="json")
+    except Exception:  # a default that JSON cannot hold: keep what the user wrote
+        resolved = dict(given)
+    return problems, resolved
+
+
+def resolve(
+    raw: Any,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    source: str | None = None,
+    lines: dict[KeyPath, int] | None = None,
+    default_name: str | None = None,
+) -> ExperimentConfig:
+    """Raw YAML data + overrides -> validated config, or one ConfigError naming every problem."""
+    if raw is None:
+        raise ConfigError("the config is empty; it needs at least model, data and optimizer sections", source)
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"the top level must be a mapping of keys (name, model, data, ...), got {type(raw).__name__}", source
+        )
+    raw = copy.deepcopy(raw)
+    context = _Context(lines or {}, apply_overrides(raw, overrides))
+    if default_name and "name" not in raw:
+        raw["name"] = default_name
+
+    problems = [Problem(("imports",) + p, m) for p, m in plugins.import_modules(raw.get("imports"))]
+    config = None
+    try:
+        config = ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems += _pydantic_problems(exc)
+    options: dict[str, dict[str, Any] | None] = {}
+    for section, registry in REGISTRIES.items():
+        found, options[section] = _check_component(section, raw.get(section), registry)
+        problems += found
+    if config is not None and config.logging.tensorboard and not plugins.has_module("tensorboard"):
+        problems.append(
+            Problem(("logging", "tensorboard"), "needs the tensorboard package: pip install 'trainkit[tensorboard]'")
+        )
+    if problems:
+        problems.sort(key=context.sort_key)
+        raise ConfigError([context.format(p) for p in problems], source)
+
+    # Store the builders' options with their defaults, so the run is reproducible from
+    # the saved config even if a later version changes a default. The validated config is
+    # built once more from the completed dict rather than edited: it is frozen.
+    assert config is not None  # no problems means the structure validated
+    completed = config.to_dict()
+    for section, resolved in options.items():
+        if completed.get(section) is not None and resolved is not None:
+            completed[section] = {
+                "name": completed[section]["name"],
+                **{k: v for k, v in completed[section].items() if k in _OWN_KEYS[section]},
+                **resolved,
+            }
+    return ExperimentConfig.model_validate(completed)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    raw, lines = read_yaml_file(path)
+    return resolve(raw, overrides, source=str(path), lines=lines, default_name=Path(path).stem)
+
+
+def get_path(data: dict[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node

@@ -1,0 +1,184 @@
+"""Config -> built components on a device: the one place that turns a validated config
+into torch objects (data, model, optimizer, scheduler, wrapped for DDP / torch.compile as
+asked), in one sequence that train, resume and evaluate share (`build`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from trainkit.config import ExperimentConfig
+from trainkit.errors import ConfigError, TrainkitError
+from trainkit.registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULERS
+from trainkit.training import hostmem, rng
+from trainkit.training.batches import Augment, Batches
+from trainkit.training.data import DataBundle, DatasetInfo, TensorSplit
+from trainkit.training.distributed import DistContext, resolve_device
+from trainkit.training.loop import Run
+
+
+def load_data(cfg: ExperimentConfig) -> DataBundle:
+    bundle = DATASETS.build(cfg.data.name, cfg.data.options(), seed=cfg.seed)
+    if not isinstance(bundle, DataBundle):
+        raise TrainkitError(
+            f"dataset '{cfg.data.name}' returned {type(bundle).__name__}; "
+            "a dataset builder must return trainkit.DataBundle"
+        )
+    return bundle
+
+
+def build_model(cfg: ExperimentConfig, info: DatasetInfo, device: torch.device) -> torch.nn.Module:
+    model = MODELS.build(
+        cfg.model.name,
+        cfg.model.options(),
+        input_shape=tuple(info.input_shape),
+        num_classes=info.num_classes,
+        num_outputs=info.num_outputs,
+    )
+    if not isinstance(model, torch.nn.Module):
+        raise TrainkitError(f"model '{cfg.model.name}' returned {type(model).__name__}, not a torch.nn.Module")
+    model = model.to(device)
+    if cfg.trainer.channels_last and len(info.input_shape) == 3:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def eval_batches(
+    cfg: ExperimentConfig, bundle: DataBundle, device: torch.device, dist: DistContext, split: str = "test"
+) -> Batches:
+    source = bundle.test if split == "test" else bundle.train
+    if isinstance(source, TensorSplit):
+        source = source.to(device)
+    return Batches(
+        source,
+        bundle.info,
+        cfg.data.eval_batch_size,
+        device,
+        train=False,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        channels_last=cfg.trainer.channels_last,
+        limit=cfg.trainer.limit_eval_batches,
+    )
+
+
+def prepare_device(cfg: ExperimentConfig, device: torch.device) -> None:
+    """Settings for the device, before anything is built: checks, then speed.
+
+    Callers run inside `process_settings()`, which puts cuDNN's flag back afterwards."""
+    if cfg.trainer.precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"trainer.precision: fp16 needs a CUDA device (this run is on {device.type}); use bf16")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.trainer.cudnn_benchmark
+    elif device.type == "cpu":
+        # activations on the host: reuse freed buffers instead of re-faulting pages (hostmem.py)
+        hostmem.apply(cfg.trainer.host_memory)
+
+
+@contextlib.contextmanager
+def process_settings() -> Iterator[None]:
+    """Put back what a run changes in the process (cuDNN's autotuner flag, sys.path), so a
+    run started from a notebook leaves the notebook as it was. malloc's thresholds are the
+    exception, and only when asked for (trainer.host_memory, see hostmem.py)."""
+    benchmark, path = torch.backends.cudnn.benchmark, list(sys.path)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+        sys.path[:] = path
+
+
+def build_run(
+    cfg: ExperimentConfig, bundle: DataBundle, module: torch.nn.Module, device: torch.device, dist: DistContext
+) -> Run:
+    """Optimizer, scheduler, batches and wrappers around an already-built model."""
+    t = cfg.trainer
+    train_source = bundle.train.to(device) if isinstance(bundle.train, TensorSplit) else bundle.train
+    augment = Augment(cfg.data.augment.crop_padding, cfg.data.augment.hflip)
+    if augment and len(bundle.info.input_shape) != 3:
+        raise ConfigError("data.augment: crop and flip need image inputs (channels, height, width)")
+    train = Batches(
+        train_source,
+        bundle.info,
+        cfg.data.batch_size,
+        device,
+        train=True,
+        seed=cfg.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        augment=augment or None,
+        channels_last=t.channels_last,
+        limit=t.limit_batches,
+    )
+    steps_per_epoch = math.ceil(len(train) / t.accumulate_grad_batches)
+    optimizer = OPTIMIZERS.build(cfg.optimizer.name, cfg.optimizer.options(), params=module.parameters())
+    scheduler = None
+    if cfg.scheduler is not None:
+        scheduler = SCHEDULERS.build(
+            cfg.scheduler.name,
+            cfg.scheduler.options(),
+            optimizer=optimizer,
+            total_steps=steps_per_epoch * t.epochs,
+            steps_per_epoch=steps_per_epoch,
+            epochs=t.epochs,
+        )
+    scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
+    model: Any = module  # what the step calls: maybe DDP-wrapped and/or compiled
+    if dist.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+    eval_model: Any = module
+    if t.compile:
+        model, eval_model = torch.compile(model), torch.compile(module)
+    classification = bundle.info.task == "classification"
+    return Run(
+        model=model,
+        eval_model=eval_model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        train_batches=train,
+        eval_batches=eval_batches(cfg, bundle, device, dist),
+        task=bundle.info.task,
+        device=device,
+        dist=dist,
+        epochs=t.epochs,
+        log_every=t.log_every,
+        every_n_steps=cfg.checkpoint.every_n_steps,
+        accumulate=t.accumulate_grad_batches,
+        grad_clip=t.grad_clip,
+        precision=t.precision,
+        label_smoothing=t.label_smoothing,
+        early_stopping=t.early_stopping,
+        monitor=("val_accuracy", "max") if classification else ("val_loss", "min"),
+    )
+
+
+@dataclass
+class Built:
+    """What `build` returns: the device, the data, the model and (for training) the Run."""
+
+    device: torch.device
+    bundle: DataBundle
+    module: torch.nn.Module  # the plain model (not DDP-wrapped or compiled): what checkpoints hold
+    run: Run | None
+
+
+def build(cfg: ExperimentConfig, ctx: DistContext, *, training: bool = True) -> Built:
+    """The one build sequence: device, seed, data, model, then optimizer & co. for training."""
+    device = resolve_device(cfg.trainer.device, ctx)
+    prepare_device(cfg, device)
+    rng.seed_everything(cfg.seed)
+    bundle = load_data(cfg)
+    module = build_model(cfg, bundle.info, device)
+    run = build_run(cfg, bundle, module, device, ctx) if training else None
+    if ctx.rank > 0:  # same initial weights everywhere (DDP broadcasts them), own dropout masks
+        rng.seed_everything(cfg.seed + ctx.rank)
+    return Built(device, bundle, module, run)

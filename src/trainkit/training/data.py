@@ -1,0 +1,67 @@
+"""What a data set builder returns: the splits and what the loop needs to know about them.
+
+These are the contract between a data set (built-in or a user's plugin) and the loop,
+exported as `trainkit.DataBundle`, `trainkit.DatasetInfo` and `trainkit.TensorSplit`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Task = Literal["classification", "regression"]
+
+
+@dataclass
+class DatasetInfo:
+    task: Task
+    input_shape: tuple[int, ...]
+    num_classes: int | None = None  # classification only
+    num_outputs: int = 1  # logits per sample (= num_classes) or regression targets
+    class_names: list[str] | None = None
+    mean: tuple[float, ...] | None = None  # per channel, of uint8 pixels scaled to [0, 1]
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.task == "classification" and self.num_classes:
+            self.num_outputs = self.num_classes
+
+
+@dataclass
+class TensorSplit:
+    """A whole split in memory: inputs (uint8 images or float features) and targets."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def to(self, device: torch.device) -> TensorSplit:
+        return TensorSplit(self.inputs.to(device), self.targets.to(device))
+
+
+@dataclass
+class DataBundle:
+    """What a dataset builder returns: train and test splits plus what the loop needs to know."""
+
+    info: DatasetInfo
+    train: TensorSplit | torch.utils.data.Dataset
+    test: TensorSplit | torch.utils.data.Dataset
+
+    @classmethod
+    def from_datasets(
+        cls,
+        train: torch.utils.data.Dataset,
+        test: torch.utils.data.Dataset,
+        *,
+        task: Task = "classification",
+        num_classes: int | None = None,
+        class_names: list[str] | None = None,
+    ) -> DataBundle:
+        """Wrap any map-style torch Dataset yielding (input tensor, target)."""
+        sample = train[0][0]
+        shape = tuple(torch.as_tensor(sample).shape)
+        return cls(DatasetInfo(task, shape, num_classes, class_names=class_names), train, test)

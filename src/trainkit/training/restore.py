@@ -1,0 +1,148 @@
+"""Checkpoint -> built components: weights into a model, training state into a Run.
+
+The reverse direction (components -> Checkpoint) is in session.py; the format itself is
+defined in runfolder/checkpoint.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainkit import plugins
+from trainkit.config import ExperimentConfig, resolve
+from trainkit.errors import CheckpointError
+from trainkit.runfolder.checkpoint import Checkpoint, load_checkpoint
+from trainkit.runfolder.folder import checkpoint_file
+from trainkit.training import rng
+from trainkit.training.build import build_model
+from trainkit.training.data import DatasetInfo
+from trainkit.training.loop import Run, TrainState
+
+log = logging.getLogger("trainkit")
+CPU = torch.device("cpu")
+# Rebuilding a model needs none of the logging machinery the run was trained with.
+REBUILD_OVERRIDES = ["logging.tensorboard=false", "trainer.device=cpu"]
+
+
+def _clean_keys(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """Drop the prefixes DDP ('module.') and torch.compile ('_orig_mod.') add, as timm does."""
+    cleaned = {}
+    for key, value in state_dict.items():
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        cleaned[key] = value
+    return cleaned
+
+
+def load_model_state(module: torch.nn.Module, state_dict: dict[str, Any], source: str) -> None:
+    """load_state_dict, with a mismatch explained in terms of the architecture."""
+    state_dict = _clean_keys(state_dict)
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [
+        f"{k} is {_shape(v)} in the checkpoint but {tuple(own[k].shape)} in the model"
+        for k, v in state_dict.items()
+        if k in own and _shape(v) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        details = (
+            mismatched[:3]
+            + ([f"missing keys {missing[:3]}"] if missing else [])
+            + ([f"unexpected keys {unexpected[:3]}"] if unexpected else [])
+        )
+        raise CheckpointError(f"{source} was written by a different model architecture: {'; '.join(details)}")
+    try:
+        module.load_state_dict(state_dict)
+    except (RuntimeError, TypeError, ValueError) as exc:  # e.g. a dtype torch cannot copy
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{source}: the weights do not load into the model ({first})") from None
+
+
+def _shape(value: Any) -> tuple[int, ...] | str:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def train_state(checkpoint: Checkpoint, source: str | Path) -> TrainState:
+    """The loop's state from a checkpoint, each field checked (a hand-edited file is one error)."""
+    try:
+        return TrainState.from_dict(checkpoint.state)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: damaged loop state in the checkpoint ({exc})") from None
+
+
+def restore_training(
+    checkpoint: Checkpoint, run: Run, module: torch.nn.Module, source: str, batch_size: int
+) -> TrainState:
+    """Model, optimizer, scheduler, scaler and RNG from a checkpoint; returns the loop state."""
+    load_model_state(module, checkpoint.model, source)
+    try:
+        run.optimizer.load_state_dict(checkpoint.optimizer or {})
+        if run.scheduler is not None and checkpoint.scheduler is not None:
+            run.scheduler.load_state_dict(checkpoint.scheduler)
+        if run.scaler is not None and checkpoint.scaler:
+            run.scaler.load_state_dict(checkpoint.scaler)
+    except (ValueError, KeyError, RuntimeError, TypeError, IndexError) as exc:
+        raise CheckpointError(f"{source}: optimizer or scheduler state does not fit this run ({exc})") from None
+    state = train_state(checkpoint, source)
+    saved_world = checkpoint.world_size
+    ctx = run.dist
+    if saved_world != ctx.world_size and state.batch:
+        # The global order is one permutation; skipping the first k*B*W positions of it is
+        # exact for any W, so keep the sample position, rounded down to a whole batch.
+        samples = state.batch * batch_size * saved_world
+        state.batch = samples // (batch_size * ctx.world_size)
+        state.epoch_losses = state.epoch_losses[: state.batch]
+        state.logged_batch = min(state.logged_batch, state.batch)
+        log.warning(
+            "resuming a %d-process checkpoint with %d processes: the run continues from the same sample "
+            "of the epoch but is not bit-identical to an uninterrupted run",
+            saved_world,
+            ctx.world_size,
+        )
+    states = checkpoint.rng
+    if ctx.rank < len(states) and saved_world == ctx.world_size:
+        try:
+            rng.restore(states[ctx.rank], run.device)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            raise CheckpointError(f"{source}: damaged random-generator state ({type(exc).__name__})") from None
+    else:
+        seed = (checkpoint.config or {}).get("seed", 0)
+        rng.seed_everything(int(seed) + ctx.rank + state.step)
+    return state
+
+
+def dataset_info(checkpoint: Checkpoint, source: Path) -> DatasetInfo:
+    raw = checkpoint.data_info
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{source}: has no data set description (data_info); it predates this trainkit")
+    known = {f.name for f in dataclasses.fields(DatasetInfo)}
+    values = {k: v for k, v in raw.items() if k in known}
+    for key in ("input_shape", "mean", "std"):
+        if values.get(key) is not None:
+            values[key] = tuple(values[key])
+    try:
+        return DatasetInfo(**values)
+    except TypeError as exc:
+        raise CheckpointError(f"{source}: damaged data set description ({exc})") from None
+
+
+def load_trained_model(path: str | Path) -> tuple[torch.nn.Module, DatasetInfo, ExperimentConfig, Path]:
+    """A checkpoint's model on the CPU in eval mode, with its data set info and config
+    (for predict and export: no data set is loaded)."""
+    source = checkpoint_file(path)
+    checkpoint = load_checkpoint(source)
+    checkpoint.require("config", source=source, purpose="rebuild the model")
+    plugins.require(checkpoint.plugins, f"checkpoint {source}")
+    assert checkpoint.config is not None  # require() checked it
+    cfg = resolve(checkpoint.config, REBUILD_OVERRIDES, source=str(source))
+    info = dataset_info(checkpoint, source)
+    model = build_model(cfg, info, CPU)
+    load_model_state(model, checkpoint.model, str(source))
+    return model.eval(), info, cfg, source

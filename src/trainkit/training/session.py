@@ -1,0 +1,175 @@
+"""One process's part of a training run: the loop's `Events`, with files written by rank 0.
+
+The loop only calls log / save / stop_requested / progress; this is where those become
+metrics.jsonl records, checkpoints in the run folder, status.json and a stop agreed by
+every rank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import time
+from typing import Any
+
+import torch
+
+from trainkit import plugins
+from trainkit._version import __version__
+from trainkit.config import ExperimentConfig
+from trainkit.errors import CheckpointError, NonFiniteLossError, TrainingInterrupted
+from trainkit.registry import REGISTRIES
+from trainkit.runfolder.checkpoint import Checkpoint, to_cpu
+from trainkit.runfolder.folder import RunFolder
+from trainkit.runfolder.runlog import RunLog, read_records, write_status
+from trainkit.training import rng
+from trainkit.training.data import DatasetInfo
+from trainkit.training.distributed import DistContext
+from trainkit.training.loop import Run, StopTraining, TrainState, fit
+from trainkit.training.progress import Reporter
+from trainkit.training.signals import StopRequest
+
+
+def used_plugins(cfg: ExperimentConfig) -> list[str]:
+    """Modules outside trainkit that a checkpoint of this config needs to be rebuilt."""
+    builders = [
+        registry.get(getattr(cfg, section).name).builder
+        for section, registry in REGISTRIES.items()
+        if getattr(cfg, section) is not None
+    ]
+    return list(dict.fromkeys(cfg.imports + plugins.modules_of(builders)))
+
+
+def make_checkpoint(
+    cfg: ExperimentConfig,
+    run: Run,
+    module: torch.nn.Module,
+    info: DatasetInfo,
+    state: TrainState,
+    rng_states: list[Any],
+    metrics_offset: int,
+    is_best: bool,
+) -> Checkpoint:
+    return Checkpoint(
+        versions={"trainkit": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
+        config=cfg.to_dict(),
+        plugins=used_plugins(cfg),
+        model=to_cpu(module.state_dict()),
+        optimizer=to_cpu(run.optimizer.state_dict()),
+        scheduler=run.scheduler.state_dict() if run.scheduler is not None else None,
+        scaler=run.scaler.state_dict() if run.scaler is not None else None,
+        epoch=state.epoch,
+        step=state.step,
+        best_metric=state.best_metric,
+        is_best=is_best,
+        state=state.to_dict(),
+        rng=rng_states,
+        world_size=run.dist.world_size,
+        data_info=dataclasses.asdict(info),
+        metrics_offset=metrics_offset,
+        saved_at=time.time(),
+    )
+
+
+class Session:
+    """The Events implementation for one process of a run."""
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        run: Run,
+        module: torch.nn.Module,
+        info: DatasetInfo,
+        folder: RunFolder,
+        runlog: RunLog | None,
+        reporter: Reporter,
+    ):
+        self.cfg, self.run, self.module, self.info = cfg, run, module, info
+        self.folder, self.runlog, self.reporter = folder, runlog, reporter
+        self.ctx: DistContext = run.dist
+        self.stop: StopRequest | None = None
+
+    # -- Events
+    def log(self, record: dict[str, Any]) -> None:
+        if self.runlog is not None:
+            self.runlog.write(record)
+        self.reporter.record(record, self.run.epochs)
+
+    def save(self, state: TrainState, is_best: bool) -> None:
+        finite = torch.stack([p.detach().isfinite().all() for p in self.module.parameters()]).all()
+        if not bool(finite):
+            raise NonFiniteLossError(state.epoch + (state.batch > 0), state.step, float("nan"), what="weights")
+        rng_states = self.ctx.gather(rng.capture(self.run.device))
+        if self.ctx.is_main:
+            assert self.runlog is not None and rng_states is not None  # rank 0 has both
+            offset = self.runlog.sync()
+            checkpoint = make_checkpoint(self.cfg, self.run, self.module, self.info, state, rng_states, offset, is_best)
+            self.folder.save(checkpoint, is_best)
+            self._status("running", state)
+        self.ctx.barrier()  # nobody reads a checkpoint before it is complete
+
+    def stop_requested(self, state: TrainState) -> bool:
+        local = self.stop is not None and self.stop.requested
+        if not self.ctx.enabled:
+            return local
+        # Ranks agree every log_every steps and at epoch ends, so they all stop at the same step.
+        if state.batch == 0 or state.step % self.run.log_every == 0:
+            return self.ctx.any(local, self.run.device)
+        return False
+
+    def progress(self, epoch: int, total: int, start: int) -> Any:
+        return self.reporter.progress(epoch, self.run.epochs, total, start)
+
+    # -- driving
+    def _status(self, status: str, state: TrainState, message: str | None = None) -> None:
+        write_status(
+            self.folder.path,
+            status,
+            epoch=state.epoch,
+            epochs=self.run.epochs,
+            step=state.step,
+            best_metric=state.best_metric,
+            monitor=self.run.monitor[0],
+            message=message,
+        )
+
+    def fit(self, state: TrainState) -> dict[str, Any]:
+        try:
+            with StopRequest() as self.stop:
+                if self.ctx.is_main:
+                    self._status("running", state)
+                try:
+                    fit(self.run, state, self)
+                except StopTraining as stop:
+                    signum = self.stop.signum or 15  # other ranks stop because rank 0 did: SIGTERM
+                    raise TrainingInterrupted(signum, str(self.folder.path), stop.step) from None
+        except TrainingInterrupted as exc:
+            self._final("interrupted", state, str(exc))
+            raise
+        except BaseException as exc:
+            self._final("failed", state, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise
+        self._final("complete", state)
+        history = read_records(self.folder.path, "epoch") if self.ctx.is_main else []
+        return {
+            "run_dir": str(self.folder.path),
+            "epochs": state.epoch,
+            "step": state.step,
+            "best_metric": state.best_metric,
+            "best_epoch": state.best_epoch,
+            "monitor": self.run.monitor[0],
+            "stopped_early": state.stopped_early,
+            "final": history[-1] if history else {},
+            "history": history,
+            "last_checkpoint": str(self.folder.last),
+            "best_checkpoint": str(self.folder.best),
+        }
+
+    def _final(self, status: str, state: TrainState, message: str | None = None) -> None:
+        if self.ctx.is_main:
+            try:
+                self._status(status, state, message)
+            except CheckpointError:
+                pass  # e.g. the disk is full: the original error is the one to report
+            if self.runlog is not None:
+                self.runlog.close()

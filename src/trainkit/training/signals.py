@@ -1,0 +1,48 @@
+"""SIGINT / SIGTERM during training: finish the step, checkpoint, stop.
+
+The handler only records the signal; the loop looks at the flag between steps (a plain
+attribute read, no device sync), so the model is never left half-updated.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from types import FrameType
+
+
+class StopRequest:
+    """Context manager that turns the first SIGINT/SIGTERM into a flag."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():  # handlers only work there
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+            print(
+                f"\n{signal.Signals(signum).name} received: finishing this step and saving a checkpoint...",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:  # a second Ctrl-C while saving: the save is atomic, so just say we are on it
+            print("still saving the checkpoint; it will stop right after", file=sys.stderr, flush=True)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None

@@ -1,0 +1,74 @@
+"""The trainer's speed switches on the CPU: bf16 autocast, torch.compile, channels_last.
+
+They must train, write plain checkpoints (no `_orig_mod.` prefixes) and keep resume exact.
+Speed itself is measured in bench/, never asserted here.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+import trainkit
+from conftest import assert_same_tensors, load_ckpt, tiny_config
+from trainkit.errors import ConfigError, TrainingInterrupted
+from trainkit.training.session import Session
+
+
+def _run(tmp_path, name, **trainer):
+    config = tiny_config(tmp_path, name=name, data={"augment": {"crop_padding": 1}})
+    config["trainer"].update(trainer)
+    return config
+
+
+@pytest.mark.parametrize(
+    "switches", [{"precision": "bf16"}, {"channels_last": True}, {"precision": "bf16", "channels_last": True}]
+)
+def test_switch_trains_and_resumes_exactly(tmp_path, monkeypatch, switches):
+    trainkit.train(_run(tmp_path, "ref", **switches), quiet=True)
+    monkeypatch.setattr(Session, "stop_requested", lambda self, state: state.step == 4)
+    with pytest.raises(TrainingInterrupted):
+        trainkit.train(_run(tmp_path, "run", **switches), quiet=True)
+    monkeypatch.undo()
+    trainkit.resume(tmp_path / "ckpt" / "run", quiet=True)
+    a, b = load_ckpt(tmp_path / "ckpt" / "run" / "last.pt"), load_ckpt(tmp_path / "ckpt" / "ref" / "last.pt")
+    for key in ("model", "optimizer", "state"):
+        assert_same_tensors(a[key], b[key], key)
+
+
+def test_bf16_really_runs_in_bf16(tmp_path, monkeypatch):
+    seen = []
+    original = torch.nn.Conv2d.forward
+
+    def spy(self, x):
+        out = original(self, x)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", spy)
+    trainkit.train(_run(tmp_path, "bf16", precision="bf16", epochs=1), quiet=True)
+    assert torch.bfloat16 in seen
+
+
+def test_fp16_needs_cuda(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="trainer.precision: fp16 needs a CUDA device"):
+        trainkit.train(_run(tmp_path, "fp16", precision="fp16"), quiet=True)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("gcc") is None and shutil.which("cc") is None, reason="torch.compile needs a C compiler"
+)
+def test_compile_trains_and_saves_plain_state_dicts(tmp_path):
+    config = tiny_config(tmp_path, name="compiled")
+    config["trainer"].update(compile=True, epochs=1, limit_batches=3)
+    result = trainkit.train(config, quiet=True)
+    ckpt = load_ckpt(tmp_path / "ckpt" / "compiled" / "last.pt")
+    assert not any("_orig_mod" in key for key in ckpt["model"])
+    assert result["final"]["val_accuracy"] >= 0
+    code = trainkit.evaluate(tmp_path / "ckpt" / "compiled" / "last.pt")
+    assert code["samples"] == 40
