@@ -138,7 +138,7 @@ def train(
         if ctx.enabled:
             batch = cfg.data.batch_size
             reporter.message(f"{ctx.world_size} processes x batch {batch} = effective batch {ctx.world_size * batch}")
-        session = Session(cfg, built.run, built.module, built.bundle.info, folder, runlog, reporter)
+        session = Session(cfg, built.run, built.module, built.bundle, folder, runlog, reporter)
         return session.fit(TrainState())
 
 
@@ -186,7 +186,7 @@ def resume(
             f"to train longer: trainkit resume {folder.path} trainer.epochs=N"
         )
     with from_env(cfg.trainer.device) as ctx:
-        built = build(cfg, ctx)
+        built = build(cfg, ctx, data_record=checkpoint.data_record)
         assert built.run is not None
         state = restore_training(checkpoint, built.run, built.module, str(source), cfg.data.batch_size)
         runlog = None
@@ -209,7 +209,7 @@ def resume(
             f"resuming {folder.path} from {source.name}: epoch {state.epoch + 1}, "
             f"batch {state.batch}, step {state.step}"
         )
-        session = Session(cfg, built.run, built.module, built.bundle.info, folder, runlog, reporter)
+        session = Session(cfg, built.run, built.module, built.bundle, folder, runlog, reporter)
         return session.fit(state)
 
 
@@ -236,7 +236,7 @@ def evaluate(
         if cfg.trainer.precision == "fp16" and not _cuda_for(cfg, ctx):
             # trained with fp16 on a GPU, evaluated where fp16 is not offered
             cfg = cfg.with_values({"trainer.precision": "fp32"})
-        built = build(cfg, ctx, training=False)
+        built = build(cfg, ctx, training=False, data_record=loaded.data_record)
         load_model_state(built.module, loaded.model, str(path))
         batches = eval_batches(cfg, built.bundle, built.device, ctx, split)
         metrics = evaluate_model(

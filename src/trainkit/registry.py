@@ -145,7 +145,7 @@ class Registry:
 
 # The built-in components live in trainkit.builtin and register exactly as a plugin would.
 MODELS = Registry("model", ["input_shape", "num_classes", "num_outputs"], "trainkit.builtin")
-DATASETS = Registry("dataset", ["seed"], "trainkit.builtin")
+DATASETS = Registry("dataset", ["seed", "record"], "trainkit.builtin")
 OPTIMIZERS = Registry("optimizer", ["params"], "trainkit.builtin")
 SCHEDULERS = Registry("scheduler", ["optimizer", "total_steps", "steps_per_epoch", "epochs"], "trainkit.builtin")
 

@@ -194,3 +194,33 @@ def test_stale_temp_files_are_ignored_and_cleaned(tmp_path):
     assert folder.load_latest()[1].step == 1
     folder.remove_stale_temps()
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_a_format_1_checkpoint_is_migrated_on_load(tmp_path):
+    """Format 1 (before data sets had a record) still loads, resumes and evaluates."""
+    result = trainkit.train(tiny_config(tmp_path, trainer={"epochs": 1}), quiet=True)
+    old = load_ckpt(result["last_checkpoint"])
+    old.pop("data_record")
+    old["format_version"] = 1
+    torch.save(old, result["last_checkpoint"])
+    checkpoint = load_checkpoint(result["last_checkpoint"])
+    assert checkpoint.format_version == FORMAT_VERSION and checkpoint.data_record is None
+    trainkit.resume(result["run_dir"], ["trainer.epochs=2"], quiet=True)
+    assert load_ckpt(tmp_path / "ckpt" / "tiny" / "last.pt")["format_version"] == FORMAT_VERSION
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"step": "12"}, "'step' is str, expected int"),
+        ({"epoch": -1}, "'epoch' is negative"),
+        ({"model": [1, 2]}, "'model' is list, expected dict"),
+        ({"is_best": 1}, "'is_best' is int, expected bool"),
+        ({"step": True}, "'step' is bool, expected int"),
+    ],
+)
+def test_fields_of_the_wrong_type_are_one_clear_error(tmp_path, change, message):
+    path = tmp_path / "bad.pt"
+    torch.save(_fake_ckpt(3) | change, path)
+    with pytest.raises(CheckpointError, match=f"damaged or not a trainkit checkpoint: {message}"):
+        load_checkpoint(path)

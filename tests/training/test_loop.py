@@ -128,3 +128,28 @@ def test_a_generic_torch_dataset_trains_evaluates_and_resumes_exactly(tmp_path, 
     for key in ("model", "optimizer", "state", "rng"):
         assert_same_tensors(a[key], b[key], key)
     assert trainkit.evaluate(tmp_path / "ckpt" / "run" / "last.pt")["samples"] == 30
+
+
+def test_a_data_sets_record_is_saved_and_handed_back_on_resume_and_eval(tmp_path, isolated_registries):
+    """A builder may return DataBundle.record (e.g. a split it drew); checkpoints keep it and the
+    builder gets it back as its `record` input, so resume and eval rebuild the same data."""
+    from trainkit import DATASETS
+    from trainkit.builtin.datasets import synthetic_images
+
+    seen = []
+
+    @DATASETS.register("recorded_images")
+    def recorded_images(seed: int, record: dict | None = None):
+        seen.append(record)
+        bundle = synthetic_images(seed=seed, n_train=32, n_test=16, size=8, num_classes=4)
+        bundle.record = record or {"drawn": torch.tensor([seed, 7])}
+        return bundle
+
+    config = tiny_config(tmp_path, data={"name": "recorded_images", "batch_size": 16})
+    config["data"] = {k: v for k, v in config["data"].items() if k in ("name", "batch_size", "eval_batch_size")}
+    result = trainkit.train(config, quiet=True)
+    assert torch.equal(load_ckpt(result["last_checkpoint"])["data_record"]["drawn"], torch.tensor([0, 7]))
+    trainkit.resume(result["run_dir"], ["trainer.epochs=3"], quiet=True)
+    trainkit.evaluate(result["run_dir"])
+    assert seen[0] is None and all(torch.equal(r["drawn"], torch.tensor([0, 7])) for r in seen[1:])
+    assert len(seen) == 3

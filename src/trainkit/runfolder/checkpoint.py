@@ -24,7 +24,7 @@ import torch
 from trainkit.errors import CheckpointError, CheckpointNotFoundError, NewerCheckpointError, UnsafeCheckpointError
 from trainkit.runfolder.fileio import atomic_write
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -44,6 +44,7 @@ class Checkpoint:
     rng: list[Any] = field(default_factory=list)  # one entry per process (rank order)
     world_size: int = 1
     data_info: dict[str, Any] | None = None  # the data set's DatasetInfo, for predict / export
+    data_record: dict[str, Any] | None = None  # DataBundle.record: rebuilds the data exactly (split, index)
     metrics_offset: int = 0  # length of metrics.jsonl when saved: resume cuts it back to this
     plugins: list[str] = field(default_factory=list)  # modules outside trainkit the components came from
     versions: dict[str, Any] = field(default_factory=dict)  # trainkit, torch, python that wrote it
@@ -113,6 +114,7 @@ _EXPECTED: dict[str, tuple[type, ...]] = {
     "rng": (list, tuple),
     "world_size": (int,),
     "data_info": (dict, type(None)),
+    "data_record": (dict, type(None)),
     "metrics_offset": (int,),
     "plugins": (list, tuple),
     "versions": (dict,),
@@ -135,9 +137,10 @@ def _describe(kinds: tuple[type, ...]) -> str:
 def _migrate(values: dict[str, Any], version: int) -> dict[str, Any]:
     """The one place that brings an older format up to FORMAT_VERSION.
 
-    Each future format adds a step here (`if version < 2: ...`), so every reader of a
-    checkpoint sees the current fields only. Format 1 is the current one.
+    Each format adds a step here, so every reader of a checkpoint sees the current fields only.
     """
+    if version < 2:  # format 2 added the data set's record; format-1 data sets had none
+        values.setdefault("data_record", None)
     values["format_version"] = FORMAT_VERSION
     return values
 

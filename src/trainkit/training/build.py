@@ -24,8 +24,9 @@ from trainkit.training.distributed import DistContext, resolve_device
 from trainkit.training.loop import Run
 
 
-def load_data(cfg: ExperimentConfig) -> DataBundle:
-    bundle = DATASETS.build(cfg.data.name, cfg.data.options(), seed=cfg.seed)
+def load_data(cfg: ExperimentConfig, record: dict[str, Any] | None = None) -> DataBundle:
+    """The data set; `record` is what a checkpoint saved of it (None for a new run)."""
+    bundle = DATASETS.build(cfg.data.name, cfg.data.options(), seed=cfg.seed, record=record)
     if not isinstance(bundle, DataBundle):
         raise TrainkitError(
             f"dataset '{cfg.data.name}' returned {type(bundle).__name__}; "
@@ -171,12 +172,17 @@ class Built:
     run: Run | None
 
 
-def build(cfg: ExperimentConfig, ctx: DistContext, *, training: bool = True) -> Built:
-    """The one build sequence: device, seed, data, model, then optimizer & co. for training."""
+def build(
+    cfg: ExperimentConfig, ctx: DistContext, *, training: bool = True, data_record: dict[str, Any] | None = None
+) -> Built:
+    """The one build sequence: device, seed, data, model, then optimizer & co. for training.
+
+    `data_record` is the data set's record from a checkpoint (resume, eval), so the data is
+    rebuilt exactly as the run saw it."""
     device = resolve_device(cfg.trainer.device, ctx)
     prepare_device(cfg, device)
     rng.seed_everything(cfg.seed)
-    bundle = load_data(cfg)
+    bundle = load_data(cfg, data_record)
     module = build_model(cfg, bundle.info, device)
     run = build_run(cfg, bundle, module, device, ctx) if training else None
     if ctx.rank > 0:  # same initial weights everywhere (DDP broadcasts them), own dropout masks

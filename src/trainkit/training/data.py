@@ -7,7 +7,7 @@ exported as `trainkit.DataBundle`, `trainkit.DatasetInfo` and `trainkit.TensorSp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -50,6 +50,10 @@ class DataBundle:
     info: DatasetInfo
     train: TensorSplit | torch.utils.data.Dataset
     test: TensorSplit | torch.utils.data.Dataset
+    # What the data set needs to be rebuilt exactly as it was (a split drawn from a folder, the
+    # file index, statistics computed from the training rows): plain data and tensors, saved in
+    # every checkpoint and handed back to the builder as its `record` input on resume and eval.
+    record: dict[str, Any] | None = None
 
     @classmethod
     def from_datasets(

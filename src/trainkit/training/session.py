@@ -23,7 +23,7 @@ from trainkit.runfolder.checkpoint import Checkpoint, to_cpu
 from trainkit.runfolder.folder import RunFolder
 from trainkit.runfolder.runlog import RunLog, read_records, write_status
 from trainkit.training import rng
-from trainkit.training.data import DatasetInfo
+from trainkit.training.data import DataBundle
 from trainkit.training.distributed import DistContext
 from trainkit.training.loop import Run, StopTraining, TrainState, fit
 from trainkit.training.progress import Reporter
@@ -44,7 +44,7 @@ def make_checkpoint(
     cfg: ExperimentConfig,
     run: Run,
     module: torch.nn.Module,
-    info: DatasetInfo,
+    bundle: DataBundle,
     state: TrainState,
     rng_states: list[Any],
     metrics_offset: int,
@@ -65,7 +65,8 @@ def make_checkpoint(
         state=state.to_dict(),
         rng=rng_states,
         world_size=run.dist.world_size,
-        data_info=dataclasses.asdict(info),
+        data_info=dataclasses.asdict(bundle.info),
+        data_record=bundle.record,
         metrics_offset=metrics_offset,
         saved_at=time.time(),
     )
@@ -79,12 +80,12 @@ class Session:
         cfg: ExperimentConfig,
         run: Run,
         module: torch.nn.Module,
-        info: DatasetInfo,
+        bundle: DataBundle,
         folder: RunFolder,
         runlog: RunLog | None,
         reporter: Reporter,
     ):
-        self.cfg, self.run, self.module, self.info = cfg, run, module, info
+        self.cfg, self.run, self.module, self.bundle = cfg, run, module, bundle
         self.folder, self.runlog, self.reporter = folder, runlog, reporter
         self.ctx: DistContext = run.dist
         self.stop: StopRequest | None = None
@@ -103,7 +104,9 @@ class Session:
         if self.ctx.is_main:
             assert self.runlog is not None and rng_states is not None  # rank 0 has both
             offset = self.runlog.sync()
-            checkpoint = make_checkpoint(self.cfg, self.run, self.module, self.info, state, rng_states, offset, is_best)
+            checkpoint = make_checkpoint(
+                self.cfg, self.run, self.module, self.bundle, state, rng_states, offset, is_best
+            )
             self.folder.save(checkpoint, is_best)
             self._status("running", state)
         self.ctx.barrier()  # nobody reads a checkpoint before it is complete
