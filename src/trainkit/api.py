@@ -12,7 +12,7 @@ back when it returns.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,7 +32,7 @@ from trainkit.training.loop import TrainState
 from trainkit.training.loop import evaluate as evaluate_model
 from trainkit.training.progress import Reporter
 from trainkit.training.restore import load_model_state, restore_training, train_state
-from trainkit.training.session import Session
+from trainkit.training.session import Session, Sink
 
 # What a resumed or evaluated run may not change: it would no longer be the same run.
 FROZEN = ("name", "seed", "model", "data", "optimizer.name", "scheduler.name", "trainer.accumulate_grad_batches")
@@ -117,8 +117,11 @@ def train(
     device: str | None = None,
     quiet: bool = False,
     overwrite: bool = False,
+    sinks: Sequence[Sink] = (),
 ) -> dict[str, Any]:
-    """Train from a config file, dict or ExperimentConfig; returns the run's summary."""
+    """Train from a config file, dict or ExperimentConfig; returns the run's summary.
+
+    `sinks` receive the run's records and checkpoints on rank 0 (see training.session.Sink)."""
     cfg = _load(config, _with_device(overrides, device))
     folder = RunFolder(cfg.run_dir, cfg.checkpoint.keep_last)
     if folder.holds_run() and not overwrite:
@@ -138,13 +141,18 @@ def train(
         if ctx.enabled:
             batch = cfg.data.batch_size
             reporter.message(f"{ctx.world_size} processes x batch {batch} = effective batch {ctx.world_size * batch}")
-        session = Session(cfg, built.run, built.module, built.bundle, folder, runlog, reporter)
+        session = Session(cfg, built.run, built.module, built.bundle, folder, runlog, reporter, sinks)
         return session.fit(TrainState())
 
 
 @_api
 def resume(
-    path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, device: str | None = None, quiet: bool = False
+    path: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    device: str | None = None,
+    quiet: bool = False,
+    sinks: Sequence[Sink] = (),
 ) -> dict[str, Any]:
     """Continue a run from its folder (newest good checkpoint) or from one checkpoint file."""
     source, checkpoint, skipped = open_for_resume(path)
@@ -209,7 +217,7 @@ def resume(
             f"resuming {folder.path} from {source.name}: epoch {state.epoch + 1}, "
             f"batch {state.batch}, step {state.step}"
         )
-        session = Session(cfg, built.run, built.module, built.bundle, folder, runlog, reporter)
+        session = Session(cfg, built.run, built.module, built.bundle, folder, runlog, reporter, sinks)
         return session.fit(state)
 
 

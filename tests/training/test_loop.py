@@ -153,3 +153,38 @@ def test_a_data_sets_record_is_saved_and_handed_back_on_resume_and_eval(tmp_path
     trainkit.evaluate(result["run_dir"])
     assert seen[0] is None and all(torch.equal(r["drawn"], torch.tensor([0, 7])) for r in seen[1:])
     assert len(seen) == 3
+
+
+def test_sinks_receive_every_record_and_checkpoint_and_the_end(tmp_path):
+    """A Sink (a tracker, a sweep's pruner) sees what metrics.jsonl gets, in order, on resume too."""
+
+    class Recorder:
+        def __init__(self):
+            self.events = []
+
+        def start(self, run_dir, config, step):
+            self.events.append(("start", step, config["name"]))
+
+        def record(self, record):
+            self.events.append((record["type"], record["step"]))
+
+        def checkpoint(self, path, is_best, step):
+            self.events.append(("checkpoint", path.name, step))
+
+        def finish(self, status, message):
+            self.events.append(("finish", status))
+
+    sink = Recorder()
+    result = trainkit.train(tiny_config(tmp_path, trainer={"epochs": 1, "log_every": 3}), quiet=True, sinks=[sink])
+    assert sink.events == [
+        ("start", 0, "tiny"),
+        ("train", 3),
+        ("train", 6),
+        ("epoch", 6),
+        ("checkpoint", "step-000000006.pt", 6),
+        ("finish", "complete"),
+    ]
+    again = Recorder()
+    trainkit.resume(result["run_dir"], ["trainer.epochs=2"], quiet=True, sinks=[again])
+    assert again.events[0] == ("start", 6, "tiny") and again.events[-1] == ("finish", "complete")
+    assert [e for e in again.events if e[0] == "epoch"] == [("epoch", 12)]

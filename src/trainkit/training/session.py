@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import platform
 import time
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
@@ -72,6 +74,18 @@ def make_checkpoint(
     )
 
 
+class Sink(Protocol):
+    """Something besides the run folder that receives a run's events on rank 0: a tracker
+    (MLflow), a sweep's pruner. A sink never changes what is trained; it may end the run by
+    raising a TrainkitError from `record` (the run then stops as failed with that message,
+    unless the caller handles the error type)."""
+
+    def start(self, run_dir: Path, config: dict[str, Any], step: int) -> None: ...
+    def record(self, record: dict[str, Any]) -> None: ...
+    def checkpoint(self, path: Path, is_best: bool, step: int) -> None: ...
+    def finish(self, status: str, message: str | None) -> None: ...
+
+
 class Session:
     """The Events implementation for one process of a run."""
 
@@ -84,17 +98,21 @@ class Session:
         folder: RunFolder,
         runlog: RunLog | None,
         reporter: Reporter,
+        sinks: Sequence[Sink] = (),
     ):
         self.cfg, self.run, self.module, self.bundle = cfg, run, module, bundle
         self.folder, self.runlog, self.reporter = folder, runlog, reporter
         self.ctx: DistContext = run.dist
         self.stop: StopRequest | None = None
+        self.sinks = list(sinks) if self.ctx.is_main else []  # only rank 0 reports
 
     # -- Events
     def log(self, record: dict[str, Any]) -> None:
         if self.runlog is not None:
             self.runlog.write(record)
         self.reporter.record(record, self.run.epochs)
+        for sink in self.sinks:
+            sink.record(record)
 
     def save(self, state: TrainState, is_best: bool) -> None:
         finite = torch.stack([p.detach().isfinite().all() for p in self.module.parameters()]).all()
@@ -107,8 +125,10 @@ class Session:
             checkpoint = make_checkpoint(
                 self.cfg, self.run, self.module, self.bundle, state, rng_states, offset, is_best
             )
-            self.folder.save(checkpoint, is_best)
+            path = self.folder.save(checkpoint, is_best)
             self._status("running", state)
+            for sink in self.sinks:
+                sink.checkpoint(path, is_best, state.step)
         self.ctx.barrier()  # nobody reads a checkpoint before it is complete
 
     def stop_requested(self, state: TrainState) -> bool:
@@ -141,6 +161,8 @@ class Session:
             with StopRequest() as self.stop:
                 if self.ctx.is_main:
                     self._status("running", state)
+                for sink in self.sinks:
+                    sink.start(self.folder.path, self.cfg.to_dict(), state.step)
                 try:
                     fit(self.run, state, self)
                 except StopTraining as stop:
@@ -174,5 +196,7 @@ class Session:
                 self._status(status, state, message)
             except CheckpointError:
                 pass  # e.g. the disk is full: the original error is the one to report
+            for sink in self.sinks:
+                sink.finish(status, message)
             if self.runlog is not None:
                 self.runlog.close()
