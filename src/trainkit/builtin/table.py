@@ -1,0 +1,237 @@
+"""`data: {name: table, path: train.csv, target: COLUMN, ...}`: a user's own CSV or Parquet table.
+
+The steps, each in its own module: read the file(s) (`table_read`: format, delimiter,
+one-line errors, fingerprints), choose the columns (`table_columns`: target, features,
+which are categorical, the task), then split, plan and encode the rows (`table_encode`).
+The whole table ends up as two in-memory `TensorSplit`s of float32 inputs, the fast path
+the built-in data sets take.
+
+What the run needs to see the same table again is its data record, saved in every
+checkpoint: the files' fingerprints (resume and eval refuse a changed file), the test rows
+drawn by `test_fraction`, and the plan (vocabularies, statistics, classes), which eval and
+resume apply as recorded rather than recompute.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field
+
+from trainkit.registry import DATASETS
+
+log = logging.getLogger("trainkit")
+DEFAULT_TEST_FRACTION = 0.2
+RECORD_FORMAT = 1
+
+
+def _encoding(value: str) -> str:
+    try:
+        codecs.lookup(value)
+    except LookupError:
+        raise ValueError("should be a text encoding Python knows, e.g. utf8 or latin-1") from None
+    return value
+
+
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+Delimiter = Annotated[str, Field(min_length=1, max_length=1)]
+Encoding = Annotated[str, AfterValidator(_encoding)]
+
+
+@DATASETS.register("table", requires={"pyarrow": "tables"})
+def table(
+    seed: int,
+    path: str,
+    target: str,
+    record: dict | None = None,
+    test_path: str | None = None,
+    test_fraction: Fraction | None = None,
+    task: Literal["classification", "regression"] | None = None,
+    features: list[str] | None = None,
+    categorical: list[str] | None = None,
+    missing: Literal["error", "mean", "drop"] = "error",
+    max_categories: Annotated[int, Field(gt=0)] = 256,
+    delimiter: Delimiter | None = None,
+    encoding: Encoding = "utf8",
+    decimal: Literal[".", ","] = ".",
+):
+    """Your own CSV or Parquet table: one target column, numeric and categorical features."""
+    import numpy as np
+    import torch
+
+    from trainkit.builtin.table_columns import check_same_columns, choose_columns
+    from trainkit.builtin.table_encode import Plan, Raw, check_finite, encode, make_plan, split_rows
+    from trainkit.builtin.table_read import TableFile, read_table
+    from trainkit.errors import CheckpointError, ConfigError, DataContentError
+    from trainkit.training.data import DataBundle, DatasetInfo, TensorSplit
+
+    if test_path is not None and test_fraction is not None:
+        raise ConfigError("data.test_fraction: give data.test_path or data.test_fraction, not both")
+    fraction = test_fraction or DEFAULT_TEST_FRACTION
+
+    def read(key: str, value: str) -> TableFile:
+        return read_table(
+            key, value, delimiter=delimiter, encoding=encoding, decimal=decimal, resuming=record is not None
+        )
+
+    train = read("data.path", path)
+    test = read("data.test_path", test_path) if test_path else None
+    files = [f for f in (train, test) if f is not None]
+    if record is not None:
+        if record.get("format") != RECORD_FORMAT or "plan" not in record:
+            raise CheckpointError("the checkpoint's data record is not a table record trainkit reads")
+        check_unchanged(record, files)
+    columns = choose_columns(train, target, features, categorical, task, decimal)
+    if test is not None:
+        check_same_columns(train, test, columns, decimal)
+    raws = [Raw(f) for f in files]
+    usable = [_usable_rows(raw, columns, missing) for raw in raws]
+    for raw in raws:
+        check_finite(raw, columns)
+
+    if test is not None:
+        train_rows, test_rows, test_raw = usable[0], usable[1], raws[1]
+        split = None
+    else:
+        has_target = _rows_with_target(raws[0], columns)
+        if record is not None:
+            drawn = record["test_rows"].numpy()
+        else:
+            labels = _class_codes(raws[0], columns) if columns.task == "classification" else None
+            if len(has_target) < 2:
+                raise DataContentError(f"{train.name}: {len(has_target)} usable row: too few to split")
+            drawn = split_rows(has_target, labels, fraction, seed)
+        is_test = np.zeros(train.table.num_rows, dtype=bool)
+        is_test[drawn] = True
+        chosen = np.zeros_like(is_test)
+        chosen[usable[0]] = True
+        train_rows, test_rows = np.flatnonzero(chosen & ~is_test), np.flatnonzero(chosen & is_test)
+        test_raw, split = raws[0], torch.from_numpy(np.asarray(drawn, dtype=np.int64))
+    for rows, what in ((train_rows, "training"), (test_rows, "test")):
+        if not len(rows):
+            raise DataContentError(f"{train.name if what == 'training' else test_raw.file.name}: no {what} rows left")
+
+    plan = (
+        Plan.from_record(record["plan"])
+        if record is not None
+        else make_plan(raws[0], columns, train_rows, max_categories)
+    )
+    x_train, y_train = encode(raws[0], train_rows, plan, "training rows")
+    x_test, y_test = encode(test_raw, test_rows, plan, "test rows")
+    if record is None:
+        _describe(files, plan, len(train_rows), len(test_rows), test is None, fraction)
+    names = plan.input_names()
+    mean, std = plan.input_scale()
+    regression = plan.target_mean is not None and plan.target_std is not None
+    info = DatasetInfo(
+        plan.task,  # type: ignore[arg-type]
+        (len(names),),
+        num_classes=None if regression else len(plan.classes or []),
+        class_names=None if regression else list(plan.classes or []),
+        features=names,
+        feature_mean=tuple(mean),
+        feature_std=tuple(std),
+        target_mean=(plan.target_mean,) if plan.target_mean is not None else None,
+        target_std=(plan.target_std,) if plan.target_std is not None else None,
+    )
+    new_record = {
+        "format": RECORD_FORMAT,
+        "files": {f.key: f.fingerprint for f in files},
+        "test_rows": split,
+        "plan": plan.to_record(),
+    }
+
+    def tensors(x: Any, y: Any) -> TensorSplit:
+        return TensorSplit(torch.from_numpy(x), torch.from_numpy(y))
+
+    return DataBundle(info, tensors(x_train, y_train), tensors(x_test, y_test), record=new_record)
+
+
+def _usable_rows(raw: Any, columns: Any, missing: str) -> Any:
+    """The file's rows to use under data.missing; error lists the rows with missing cells."""
+    import numpy as np
+
+    from trainkit.builtin.table_encode import missing_by_row, report_missing
+
+    no_target, no_feature = missing_by_row(raw, columns)
+    if no_target.any() and missing != "drop":
+        raise report_missing(raw, columns, np.flatnonzero(no_target), target_only=True)
+    if no_feature.any() and missing == "error":
+        raise report_missing(raw, columns, np.flatnonzero(no_feature), target_only=False)
+    dropped = np.flatnonzero(no_target | (no_feature if missing == "drop" else False))
+    if len(dropped):
+        log.info("%s: left out %d rows with missing values (%s)", raw.file.name, len(dropped), raw.file.rows(dropped))
+    return np.flatnonzero(~(no_target | (no_feature if missing == "drop" else False)))
+
+
+def _rows_with_target(raw: Any, columns: Any) -> Any:
+    import numpy as np
+
+    from trainkit.builtin.table_encode import missing_by_row
+
+    return np.flatnonzero(~missing_by_row(raw, columns)[0])
+
+
+def _class_codes(raw: Any, columns: Any) -> Any:
+    """An integer per row naming its class (for stratifying the split); -1 where missing."""
+    import pyarrow.compute as pc
+
+    codes = pc.dictionary_encode(raw.texts(columns.target)).indices
+    return codes.fill_null(-1).to_numpy(zero_copy_only=False)
+
+
+def check_unchanged(record: dict[str, Any], files: list[Any]) -> None:
+    """Refuse (exit 2) a table that differs from the one the run was trained on, saying how."""
+    from trainkit.builtin.table_read import listing
+    from trainkit.errors import DataChangedError
+
+    saved = record.get("files", {})
+    for file in files:
+        old = saved.get(file.key)
+        new = file.fingerprint
+        if old is None or old.get("sha256") == new["sha256"]:
+            continue
+        changes = []
+        if old.get("rows") != new["rows"]:
+            changes.append(f"{old.get('rows')} rows before, {new['rows']} now")
+        gone = [c for c in old.get("columns", []) if c not in new["columns"]]
+        added = [c for c in new["columns"] if c not in old.get("columns", [])]
+        if gone:
+            changes.append(f"column{'s' if len(gone) > 1 else ''} {listing([repr(c) for c in gone])} gone")
+        if added:
+            changes.append(f"column{'s' if len(added) > 1 else ''} {listing([repr(c) for c in added])} added")
+        if not changes:
+            changes.append(f"same rows and columns, other values ({old.get('bytes')} bytes before, {new['bytes']} now)")
+        raise DataChangedError(
+            f"{file.key}: {file.name} changed since the run read it: {'; '.join(changes)}; resuming or "
+            "evaluating on it would not be the same run: put the original file back, or train a new run"
+        )
+
+
+def _describe(files: list[Any], plan: Any, n_train: int, n_test: int, drawn: bool, fraction: float) -> None:
+    first = files[0]
+    how = f"CSV, delimiter {first.delimiter!r}" if first.format == "csv" else "Parquet"
+    split = (
+        f"test_fraction {fraction:g}" + (", stratified" if plan.classes is not None else "") if drawn else "test_path"
+    )
+    onehot = sum(len(v) for v in plan.categories.values())
+    target = f"{len(plan.classes)} classes" if plan.classes is not None else "regression"
+    log.info(
+        "%s: %d rows x %d columns (%s); %d training / %d test rows (%s); %d inputs: %d numeric, %d one-hot "
+        "from %d categorical; target '%s': %s",
+        first.name,
+        first.table.num_rows,
+        first.table.num_columns,
+        how,
+        n_train,
+        n_test,
+        split,
+        len(plan.input_names()),
+        len(plan.features) - len(plan.categories),
+        onehot,
+        len(plan.categories),
+        plan.target,
+        target,
+    )
