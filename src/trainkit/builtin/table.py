@@ -103,6 +103,11 @@ def table(
             if len(has_target) < 2:
                 raise DataContentError(f"{train.name}: {len(has_target)} usable row: too few to split")
             drawn = split_rows(has_target, labels, fraction, seed)
+            if not len(drawn):
+                raise DataContentError(
+                    f"{train.name}: test_fraction {fraction:g} draws no test rows: a stratified split needs "
+                    "classes of 2 rows or more (or give data.test_path)"
+                )
         is_test = np.zeros(train.table.num_rows, dtype=bool)
         is_test[drawn] = True
         chosen = np.zeros_like(is_test)
@@ -211,27 +216,18 @@ def check_unchanged(record: dict[str, Any], files: list[Any]) -> None:
 
 
 def _describe(files: list[Any], plan: Any, n_train: int, n_test: int, drawn: bool, fraction: float) -> None:
+    """One line on what was read and how it is used (fresh runs only; resume and eval are quiet)."""
     first = files[0]
     how = f"CSV, delimiter {first.delimiter!r}" if first.format == "csv" else "Parquet"
     split = (
         f"test_fraction {fraction:g}" + (", stratified" if plan.classes is not None else "") if drawn else "test_path"
     )
     onehot = sum(len(v) for v in plan.categories.values())
+    inputs = f"{len(plan.features) - len(plan.categories)} numeric"
+    if plan.categories:
+        inputs += f" + {onehot} one-hot from {len(plan.categories)} categorical"
     target = f"{len(plan.classes)} classes" if plan.classes is not None else "regression"
     log.info(
-        "%s: %d rows x %d columns (%s); %d training / %d test rows (%s); %d inputs: %d numeric, %d one-hot "
-        "from %d categorical; target '%s': %s",
-        first.name,
-        first.table.num_rows,
-        first.table.num_columns,
-        how,
-        n_train,
-        n_test,
-        split,
-        len(plan.input_names()),
-        len(plan.features) - len(plan.categories),
-        onehot,
-        len(plan.categories),
-        plan.target,
-        target,
+        f"{first.name}: {first.table.num_rows} rows x {first.table.num_columns} columns ({how}); "
+        f"{n_train} training / {n_test} test rows ({split}); inputs: {inputs}; target '{plan.target}': {target}"
     )

@@ -7,6 +7,7 @@ config mistakes (exit 2) named by their key, with a did-you-mean where a name is
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ from trainkit.builtin.table_read import TableFile, listing
 from trainkit.errors import ConfigError, DataContentError
 from trainkit.registry import did_you_mean
 
+log = logging.getLogger("trainkit")
 MAX_INFERRED_CLASSES = 20  # an integer target with at most this many values is a classification
 
 
@@ -125,6 +127,9 @@ def choose_columns(
         # A column without a name is most often the index pandas writes by default (to_csv
         # without index=False): a row number, not a feature.
         features = [n for n in names if n != target and n.strip()]
+        for i, n in enumerate(names):
+            if not n.strip() and n != target:
+                log.info("%s: column %d has no name (an index pandas wrote?): not a feature", file.name, i + 1)
     else:
         for name in features:
             _known("data.features", name, file)

@@ -134,7 +134,8 @@ def report_missing(raw: Raw, columns: Columns, rows: Any, target_only: bool) -> 
         if target_only
         else "set data.missing: mean (fill from the training rows) or drop (leave the rows out)"
     )
-    return DataContentError(f"{raw.file.name}: {what} in {len(rows)} rows: {listing(shown, len(rows))}; {fix}")
+    count = f"{len(rows)} row{'' if len(rows) == 1 else 's'}"
+    return DataContentError(f"{raw.file.name}: {what} in {count}: {listing(shown, len(rows))}; {fix}")
 
 
 def split_rows(rows: Any, labels: Any | None, fraction: float, seed: int) -> Any:
@@ -267,7 +268,7 @@ def encode(raw: Raw, rows: Any, plan: Plan, what: str) -> tuple[Any, Any]:
             block[empty] = np.asarray(plan.frequencies[name], dtype=np.float32)
             unknown = np.flatnonzero(~known & ~empty)
             if len(unknown):
-                seen = pc.unique(texts.take(pa.array(unknown))).to_pylist()
+                seen = sorted(pc.unique(texts.take(pa.array(unknown))).to_pylist())
                 log.warning(
                     "%s: column '%s' has categories the training rows lack in %d of the %s (%s): "
                     "encoded as none of the known categories (all zeros)",
@@ -311,7 +312,7 @@ def _targets(raw: Raw, rows: Any, plan: Plan, what: str) -> Any:
         codes = pc.index_in(texts, value_set=pa.array(plan.classes, pa.string())).fill_null(-1).to_numpy()
         unseen = np.flatnonzero(codes < 0)
         if len(unseen):
-            values = pc.unique(texts.take(pa.array(unseen))).to_pylist()
+            values = sorted(pc.unique(texts.take(pa.array(unseen))).to_pylist())
             raise DataContentError(
                 f"{file.name}: target '{plan.target}' has classes the training rows lack in the {what} "
                 f"({listing([repr(v) for v in values])} in {file.rows(rows[unseen])}); "

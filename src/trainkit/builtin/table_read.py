@@ -163,7 +163,9 @@ def _read_csv(path: Path, delimiter: str | None, encoding: str, decimal: str) ->
     # too, as pandas reads them; otherwise "" would become a category of its own.
     convert = pcsv.ConvertOptions(strings_can_be_null=True, decimal_point=decimal)
     try:
-        return pcsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert), delimiter
+        table = pcsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
+        table.column_names  # noqa: B018 (pyarrow decodes the header's names only when asked)
+        return table, delimiter
     except UnicodeDecodeError as exc:
         raise DataError(
             f"{path}: not {encoding} text (byte {exc.object[exc.start : exc.start + 1]!r} in the header); "
@@ -179,12 +181,11 @@ def _read_csv(path: Path, delimiter: str | None, encoding: str, decimal: str) ->
             pass
         bad = _ragged_rows(path, parse, read)
         if bad:
-            first = bad[0]
-            where = ", ".join(f"{r.number} ({r.actual_columns} fields)" for r in bad[:SHOWN])
-            more = f" and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
+            where = [f"{r.number} ({r.actual_columns} field{'' if r.actual_columns == 1 else 's'})" for r in bad]
+            rows = f"row {where[0]} does" if len(bad) == 1 else f"rows {listing(where)} do"
             raise DataError(
-                f"{path}: row {where}{more} {'does' if len(bad) == 1 else 'do'} not have the header's "
-                f"{first.expected_columns} fields (delimiter {delimiter!r}; rows counted with the header as row 1)"
+                f"{path}: {rows} not have the header's {bad[0].expected_columns} fields "
+                f"(delimiter {delimiter!r}; rows counted with the header as row 1)"
             ) from None
         raise DataError(f"{path}: cannot read as CSV (delimiter {delimiter!r}): {_first_line(exc)}") from None
 
