@@ -329,8 +329,10 @@ def _evaluate_regression(
     scale = list(std) if std is not None and len(std) == width else [1.0] * width
     r2 = []
     for o in range(width):
-        spread = total_sq[o] - total[o] ** 2 / n  # n x the targets' variance
-        if spread > 1e-12 * max(total_sq[o], 1e-300):
+        # n x the targets' variance. Sums about 0, not about the mean (ranks could not add them
+        # otherwise): exact enough in float64 unless the mean is ~1e6 x the spread or more.
+        spread = total_sq[o] - total[o] ** 2 / n
+        if spread > 1e-13 * total_sq[o]:
             r2.append(1.0 - squared[o] / spread)
         else:  # constant targets: R² is undefined; 1 for exact predictions, else 0 (as scikit-learn)
             r2.append(1.0 if squared[o] == 0 else 0.0)
