@@ -277,3 +277,25 @@ def test_a_split_that_draws_no_test_row_says_why(tmp_path):
         "FILE: test_fraction 0.2 draws no test rows: a stratified split needs classes of 2 rows or more "
         "(or give data.test_path)"
     )
+
+
+def test_decimal_commas_are_named_and_read_when_set(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("x;y\n" + "".join(f"{i},5;{i % 2}\n" for i in range(20)))
+    assert _error(DataContentError, path, "y") == (
+        "FILE: column 'x' holds numbers with a decimal comma ('0,5'); set data.decimal: ',' "
+        "(or list it in data.categorical to use it as categories)"
+    )
+    assert _build(path, "y", decimal=",").info.features == ["x"]
+
+
+def test_the_split_kind_cannot_change_on_resume_or_eval(tmp_path, labelled):
+    record = _build(labelled).record
+    other = write_csv(tmp_path / "other.csv", without(rule_columns(30), "price"))
+    assert _error(ConfigError, labelled, test_path=str(other), record=record) == (
+        "data.test_path: the run took its test rows from data.path (test_fraction); leave it out"
+    )
+    record = _build(labelled, test_path=str(other)).record
+    assert _error(ConfigError, labelled, record=record) == (
+        "data.test_path: the run took its test rows from a test file; give it (data.test_path=...)"
+    )

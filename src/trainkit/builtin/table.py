@@ -58,100 +58,125 @@ def table(
     decimal: Literal[".", ","] = ".",
 ):
     """Your own CSV or Parquet table: one target column, numeric and categorical features."""
-    import numpy as np
-    import torch
-
     from trainkit.builtin.table_columns import check_same_columns, choose_columns
-    from trainkit.builtin.table_encode import Plan, Raw, check_finite, encode, make_plan, split_rows
+    from trainkit.builtin.table_encode import Plan, Raw, check_finite, make_plan
     from trainkit.builtin.table_read import TableFile, read_table
-    from trainkit.errors import CheckpointError, ConfigError, DataContentError
-    from trainkit.training.data import DataBundle, DatasetInfo, TensorSplit
+    from trainkit.errors import ConfigError
 
     if test_path is not None and test_fraction is not None:
         raise ConfigError("data.test_fraction: give data.test_path or data.test_fraction, not both")
-    fraction = test_fraction or DEFAULT_TEST_FRACTION
 
     def read(key: str, value: str) -> TableFile:
         return read_table(
             key, value, delimiter=delimiter, encoding=encoding, decimal=decimal, resuming=record is not None
         )
 
-    train = read("data.path", path)
-    test = read("data.test_path", test_path) if test_path else None
-    files = [f for f in (train, test) if f is not None]
+    files = [read("data.path", path)] + ([read("data.test_path", test_path)] if test_path else [])
     if record is not None:
-        if record.get("format") != RECORD_FORMAT or "plan" not in record:
-            raise CheckpointError("the checkpoint's data record is not a table record trainkit reads")
-        check_unchanged(record, files)
-    columns = choose_columns(train, target, features, categorical, task, decimal)
-    if test is not None:
-        check_same_columns(train, test, columns, decimal)
+        _check_record(record, files)
+    columns = choose_columns(files[0], target, features, categorical, task, decimal)
+    if len(files) == 2:
+        check_same_columns(files[0], files[1], columns, decimal)
     raws = [Raw(f) for f in files]
     usable = [_usable_rows(raw, columns, missing) for raw in raws]
     for raw in raws:
         check_finite(raw, columns)
-
-    if test is not None:
-        train_rows, test_rows, test_raw = usable[0], usable[1], raws[1]
-        split = None
+    fraction = test_fraction or DEFAULT_TEST_FRACTION
+    train_rows, test_rows, drawn = _split(raws, usable, columns, record, fraction, seed)
+    if record is not None:
+        plan = Plan.from_record(record["plan"])
     else:
-        has_target = _rows_with_target(raws[0], columns)
+        plan = make_plan(raws[0], columns, train_rows, max_categories)
+    bundle = _bundle(plan, raws[0], train_rows, raws[-1], test_rows)
+    bundle.record = {
+        "format": RECORD_FORMAT,
+        "files": {f.key: f.fingerprint for f in files},
+        "test_rows": drawn,
+        "plan": plan.to_record(),
+    }
+    if record is None:
+        _describe(files, plan, len(train_rows), len(test_rows), drawn is not None, fraction)
+    return bundle
+
+
+def _check_record(record: dict[str, Any], files: list[Any]) -> None:
+    """A record this code reads, the same kind of split, and the same bytes in every file."""
+    from trainkit.errors import CheckpointError, ConfigError
+
+    if record.get("format") != RECORD_FORMAT or "plan" not in record:
+        raise CheckpointError("the checkpoint's data record is not a table record trainkit reads")
+    # The run's split is part of the run: its test rows came from a test file or from data.path.
+    had_file = "data.test_path" in record.get("files", {})
+    if had_file != (len(files) == 2):
+        where = "a test file; give it (data.test_path=...)" if had_file else "data.path (test_fraction); leave it out"
+        raise ConfigError(f"data.test_path: the run took its test rows from {where}")
+    check_unchanged(record, files)
+
+
+def _split(
+    raws: list[Any], usable: list[Any], columns: Any, record: dict[str, Any] | None, fraction: float, seed: int
+) -> tuple[Any, Any, Any]:
+    """(training rows, test rows, the drawn test rows as a tensor for the record or None)."""
+    import numpy as np
+    import torch
+
+    from trainkit.builtin.table_encode import split_rows
+    from trainkit.errors import DataContentError
+
+    if len(raws) == 2:
+        train_rows, test_rows, drawn = usable[0], usable[1], None
+    else:
+        file = raws[0].file
         if record is not None:
-            drawn = record["test_rows"].numpy()
+            drawn = record["test_rows"]
         else:
-            labels = _class_codes(raws[0], columns) if columns.task == "classification" else None
+            has_target = _rows_with_target(raws[0], columns)
             if len(has_target) < 2:
-                raise DataContentError(f"{train.name}: {len(has_target)} usable row: too few to split")
-            drawn = split_rows(has_target, labels, fraction, seed)
+                raise DataContentError(f"{file.name}: {len(has_target)} row with a target: too few to split")
+            labels = _class_codes(raws[0], columns) if columns.task == "classification" else None
+            drawn = torch.from_numpy(np.asarray(split_rows(has_target, labels, fraction, seed), dtype=np.int64))
             if not len(drawn):
                 raise DataContentError(
-                    f"{train.name}: test_fraction {fraction:g} draws no test rows: a stratified split needs "
+                    f"{file.name}: test_fraction {fraction:g} draws no test rows: a stratified split needs "
                     "classes of 2 rows or more (or give data.test_path)"
                 )
-        is_test = np.zeros(train.table.num_rows, dtype=bool)
-        is_test[drawn] = True
+        is_test = np.zeros(file.table.num_rows, dtype=bool)
+        is_test[drawn.numpy()] = True
         chosen = np.zeros_like(is_test)
         chosen[usable[0]] = True
         train_rows, test_rows = np.flatnonzero(chosen & ~is_test), np.flatnonzero(chosen & is_test)
-        test_raw, split = raws[0], torch.from_numpy(np.asarray(drawn, dtype=np.int64))
-    for rows, what in ((train_rows, "training"), (test_rows, "test")):
+    for rows, raw, what in ((train_rows, raws[0], "training"), (test_rows, raws[-1], "test")):
         if not len(rows):
-            raise DataContentError(f"{train.name if what == 'training' else test_raw.file.name}: no {what} rows left")
+            raise DataContentError(f"{raw.file.name}: no {what} rows left")
+    return train_rows, test_rows, drawn
 
-    plan = (
-        Plan.from_record(record["plan"])
-        if record is not None
-        else make_plan(raws[0], columns, train_rows, max_categories)
-    )
-    x_train, y_train = encode(raws[0], train_rows, plan, "training rows")
-    x_test, y_test = encode(test_raw, test_rows, plan, "test rows")
-    if record is None:
-        _describe(files, plan, len(train_rows), len(test_rows), test is None, fraction)
+
+def _bundle(plan: Any, train_raw: Any, train_rows: Any, test_raw: Any, test_rows: Any) -> Any:
+    """The encoded rows as in-memory TensorSplits, and the DatasetInfo models and export read."""
+    import torch
+
+    from trainkit.builtin.table_encode import encode
+    from trainkit.training.data import DataBundle, DatasetInfo, TensorSplit
+
+    splits = []
+    for raw, rows, what in ((train_raw, train_rows, "training rows"), (test_raw, test_rows, "test rows")):
+        inputs, targets = encode(raw, rows, plan, what)
+        splits.append(TensorSplit(torch.from_numpy(inputs), torch.from_numpy(targets)))
     names = plan.input_names()
     mean, std = plan.input_scale()
-    regression = plan.target_mean is not None and plan.target_std is not None
+    classification = plan.classes is not None
     info = DatasetInfo(
-        plan.task,  # type: ignore[arg-type]
+        plan.task,
         (len(names),),
-        num_classes=None if regression else len(plan.classes or []),
-        class_names=None if regression else list(plan.classes or []),
+        num_classes=len(plan.classes) if classification else None,
+        class_names=list(plan.classes) if classification else None,
         features=names,
         feature_mean=tuple(mean),
         feature_std=tuple(std),
-        target_mean=(plan.target_mean,) if plan.target_mean is not None else None,
-        target_std=(plan.target_std,) if plan.target_std is not None else None,
+        target_mean=None if plan.target_mean is None else (plan.target_mean,),
+        target_std=None if plan.target_std is None else (plan.target_std,),
     )
-    new_record = {
-        "format": RECORD_FORMAT,
-        "files": {f.key: f.fingerprint for f in files},
-        "test_rows": split,
-        "plan": plan.to_record(),
-    }
-
-    def tensors(x: Any, y: Any) -> TensorSplit:
-        return TensorSplit(torch.from_numpy(x), torch.from_numpy(y))
-
-    return DataBundle(info, tensors(x_train, y_train), tensors(x_test, y_test), record=new_record)
+    return DataBundle(info, splits[0], splits[1])
 
 
 def _usable_rows(raw: Any, columns: Any, missing: str) -> Any:

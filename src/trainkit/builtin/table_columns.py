@@ -74,6 +74,13 @@ def _mostly_numbers(file: TableFile, name: str, decimal: str) -> str | None:
     column = file.table.column(name)
     values = pc.unique(column).drop_null().to_pylist()
     bad = {v for v in values if _not_a_number(v, decimal)}
+    if decimal == "." and values and len(bad) == len(values):
+        commas = [v for v in values if not _not_a_number(v, ",")]
+        if len(commas) >= 0.9 * len(values):
+            return (
+                f"{file.name}: column '{name}' holds numbers with a decimal comma ({commas[0]!r}); "
+                "set data.decimal: ',' (or list it in data.categorical to use it as categories)"
+            )
     if not values or len(bad) == len(values):
         return None
     bad_rows = np.flatnonzero(pc.is_in(column, value_set=_array(sorted(bad))).to_numpy(zero_copy_only=False))
