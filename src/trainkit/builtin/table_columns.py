@@ -58,6 +58,8 @@ def _known(key: str, name: str, file: TableFile) -> None:
 
 
 def _not_a_number(text: str, decimal: str) -> bool:
+    if "_" in text:  # Python's float() takes 1_000; CSV readers do not
+        return True
     try:
         float(text.replace(decimal, ".") if decimal != "." else text)
         return False
@@ -83,6 +85,11 @@ def _mostly_numbers(file: TableFile, name: str, decimal: str) -> str | None:
             )
     if not values or len(bad) == len(values):
         return None
+    if not bad:  # every value is a number to Python, yet the reader kept text: say so, do not guess
+        return (
+            f"{file.name}: column '{name}' holds numbers in a form the CSV reader does not take "
+            f"({values[0]!r}); write them plainly, or list '{name}' in data.categorical"
+        )
     bad_rows = np.flatnonzero(pc.is_in(column, value_set=_array(sorted(bad))).to_numpy(zero_copy_only=False))
     present = len(column) - column.null_count
     if len(bad_rows) > 0.1 * present:
