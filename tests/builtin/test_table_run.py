@@ -188,3 +188,34 @@ def test_the_shipped_example_trains_on_the_table_its_documented_command_writes(t
         "data/table.csv: 2000 rows x 50 columns (CSV, delimiter ','); 1600 training / 400 test rows "
         "(test_fraction 0.2, stratified); inputs: 48 numeric + 5 one-hot from 1 categorical; target 'label': 2 classes"
     ) in caplog.messages
+
+
+def test_an_exported_classifier_takes_the_raw_rows(tmp_path, cli):
+    """export builds the standardisation in: raw numbers and one-hot categories in, the same
+    logits as the checkpoint's model on the rows as training encoded them."""
+    import numpy as np
+
+    from trainkit.builtin.table import table
+    from trainkit.tools.export import load_exported
+    from trainkit.training.restore import load_trained_model
+
+    columns = without(rule_columns(150), "price")
+    path = write_csv(tmp_path / "train.csv", columns)
+    config = table_config(tmp_path, path, "label")
+    config["trainer"]["epochs"] = 1
+    run = trainkit.train(config, quiet=True)["run_dir"]
+    code, out, err = cli("export", "--ckpt", run, "-o", tmp_path / "model.pt2")
+    assert code == 0, err
+    assert "input raw feature values in the order of trainkit.json's input_columns" in out
+
+    record = load_ckpt(_run_dir(tmp_path) / "best.pt")["data_record"]
+    rows = record["test_rows"].numpy()
+    raw = np.array([columns[f"x{i}"] for i in range(4)]).T[rows]
+    onehot = np.array([[c == name for name in COLORS] for c in np.array(columns["color"])[rows]])
+    exported = load_exported(tmp_path / "model.pt2", "export")(
+        torch.tensor(np.hstack([raw, onehot]), dtype=torch.float32)
+    )
+    model, info, _, _ = load_trained_model(run)
+    encoded = table(seed=0, path=str(path), target="label", record=record).test.inputs
+    assert torch.allclose(exported, model(encoded), atol=1e-5)
+    assert info.features == ["x0", "x1", "x2", "x3"] + [f"color={c}" for c in COLORS]
