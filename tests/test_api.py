@@ -93,7 +93,7 @@ def test_regression_results(tmp_path):
     assert result["monitor"] == "val_loss"
     assert result["best_metric"] == min(r["val_loss"] for r in result["history"])
     metrics = trainkit.evaluate(result["best_checkpoint"])
-    assert set(metrics) == {"split", "samples", "loss", "mse", "mae"} and metrics["samples"] == 16
+    assert set(metrics) == {"split", "samples", "loss", "mse", "mae", "r2"} and metrics["samples"] == 16
     assert metrics["mse"] == metrics["loss"] == pytest.approx(result["best_metric"], rel=1e-5)
 
 

@@ -123,7 +123,7 @@ def test_linear_regression_config_learns_y_equals_2x(cli, tmp_path):
     assert ckpt["model"]["bias"].item() == pytest.approx(0.0, abs=0.01)
     code, out, _ = cli("eval", "--ckpt", tmp_path / "linear_regression" / "best.pt", "--json")
     metrics = json.loads(out)
-    assert set(metrics) == {"split", "samples", "loss", "mse", "mae"} and metrics["mse"] < 1e-3
+    assert set(metrics) == {"split", "samples", "loss", "mse", "mae", "r2"} and metrics["mse"] < 1e-3
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -36,7 +36,7 @@ from trainkit.training.session import Session, Sink
 
 # What a resumed or evaluated run may not change: it would no longer be the same run.
 FROZEN = ("name", "seed", "model", "data", "optimizer.name", "scheduler.name", "trainer.accumulate_grad_batches")
-CHANGEABLE = {"data.root", "data.download", "data.eval_batch_size"}
+CHANGEABLE = {"data.root", "data.download", "data.eval_batch_size", "data.path", "data.test_path"}
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -386,9 +386,10 @@ def export_(
 ) -> None:
     """Export a checkpoint's model, input normalisation included, to run without trainkit.
 
-    The input is float images in [0, 1] of shape (N, C, H, W), any batch size N (data sets
-    without recorded normalisation, such as regression features, take the values training
-    used); the output is the model's logits (or regression outputs). Load it with
+    The input is float images in [0, 1] of shape (N, C, H, W), any batch size N; a table
+    model takes raw feature values (N, inputs), categorical columns one-hot, in the order the
+    file's trainkit.json lists as input_columns (data sets without recorded normalisation take
+    the values training used); the output is the model's logits (or regression outputs). Load it with
     torch.export.load(path).module(), or torch.jit.load(path) for --format torchscript.
     """
 

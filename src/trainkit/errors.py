@@ -45,6 +45,21 @@ class DataError(TrainkitError):
     """Data set files missing, truncated or unreadable."""
 
 
+class DataContentError(DataError):
+    """Data that reads but does not fit what the config asks or what training saw (a value
+    that is not a number, missing values, a class only the test rows have): fixed in the data
+    or the config."""
+
+    exit_code = 2
+
+
+class DataChangedError(DataError):
+    """The data on disk differs from what a checkpoint recorded: resuming or evaluating on it
+    would not be the same run."""
+
+    exit_code = 2
+
+
 class CheckpointError(TrainkitError):
     """A checkpoint that cannot be written, read or used."""
 

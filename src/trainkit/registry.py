@@ -80,7 +80,9 @@ class Registry:
         """Decorator: `@MODELS.register("cnn")` (the name defaults to the function's).
 
         Keyword traits tell the loop what it needs to know, e.g. `@SCHEDULERS.register("cosine",
-        spans_run=True)` for a schedule planned over the whole run (such a run cannot be extended).
+        spans_run=True)` for a schedule planned over the whole run (such a run cannot be extended),
+        or `requires={"pyarrow": "tables"}` for a builder that needs an optional package (a config
+        naming it without the package is an error that names the extra to install).
         """
 
         def decorator(builder: Callable) -> Callable:

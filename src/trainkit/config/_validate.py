@@ -129,7 +129,14 @@ def _check_component(section: str, raw: Any, registry: Registry) -> tuple[list[P
         return [Problem((section, "name"), registry.unknown_message(name))], None
     given = {k: v for k, v in raw.items() if k not in _OWN_KEYS[section]}
     known = registry.options(name)
-    problems = []
+    # A builder registered with requires={module: extra} needs an optional package
+    problems = [
+        Problem(
+            (section, "name"), f"{registry.kind} '{name}' needs the {module} package: pip install 'trainkit[{extra}]'"
+        )
+        for module, extra in registry.get(name).traits.get("requires", {}).items()
+        if not plugins.has_module(module)
+    ]
     for key in given:
         if key in registry.runtime_inputs:
             problems.append(

@@ -2,14 +2,17 @@
 
 The exported module includes the input normalisation training applied, so a user feeds
 plain float images in [0, 1] of shape (N, C, H, W) (any N) and gets logits (or
-regression outputs) back. Two formats:
+regression outputs) back. A table model takes the raw feature values, (N, inputs), with
+categorical columns one-hot in the order trainkit.json's `input_columns` names; its
+standardisation is inside, and so is the regression target's, so outputs are in the
+target's units. Two formats:
 - "export" (default): torch.export.export + torch.export.save, loaded with
   `torch.export.load(path).module()`;
 - "torchscript": torch.jit.trace + torch.jit.save, loaded with `torch.jit.load(path)`
   (deprecated by PyTorch, kept for runtimes that still need it).
 
-Both files also hold `trainkit.json` (task, input shape, class names, input range) as an
-extra file. After writing, the file is loaded back and checked against the model.
+Both files also hold `trainkit.json` (task, input shape, class names, input range, a
+table's input columns) as an extra file. After writing, the file is loaded back and checked against the model.
 """
 
 from __future__ import annotations
@@ -51,10 +54,43 @@ class NormalizedInput(nn.Module):
         return self.model(torch.addcmul(self.shift, x, self.scale))
 
 
+class StandardizedTable(nn.Module):
+    """Raw feature values -> (x - mean) / std -> the trained model -> regression outputs back in
+    the target's units (y * std + mean). Strings cannot enter a torch program, so categorical
+    columns arrive one-hot, as the input names in trainkit.json spell out ('city=Paris')."""
+
+    def __init__(self, model: nn.Module, info: DatasetInfo):
+        super().__init__()
+        self.model = model
+        assert info.feature_mean is not None and info.feature_std is not None  # deployable() checked
+        std = torch.tensor(info.feature_std, dtype=torch.float64)
+        self.register_buffer("scale", (1.0 / std).float())
+        self.register_buffer("shift", (-torch.tensor(info.feature_mean, dtype=torch.float64) / std).float())
+        out_std, out_mean = info.target_std or (1.0,), info.target_mean or (0.0,)
+        self.register_buffer("out_scale", torch.tensor(out_std, dtype=torch.float32))
+        self.register_buffer("out_shift", torch.tensor(out_mean, dtype=torch.float32))
+        self.regression = info.task == "regression" and info.target_std is not None
+
+    scale: torch.Tensor
+    shift: torch.Tensor
+    out_scale: torch.Tensor
+    out_shift: torch.Tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(torch.addcmul(self.shift, x, self.scale))
+        return torch.addcmul(self.out_shift, out, self.out_scale) if self.regression else out
+
+
 def deployable(model: nn.Module, info: DatasetInfo) -> tuple[nn.Module, str]:
     """The model with its input normalisation built in, and what its input is."""
     if info.mean is not None and info.std is not None and len(info.input_shape) == 3:
         return NormalizedInput(model, info.mean, info.std).eval(), "float images in [0, 1]"
+    if info.feature_mean is not None and info.feature_std is not None:
+        out = "; outputs in the target's units" if info.task == "regression" else "; outputs are logits"
+        return StandardizedTable(model, info).eval(), (
+            "raw feature values in the order of trainkit.json's input_columns (a categorical column as "
+            "one-hot inputs 'column=category': 1 for the row's category, else 0; no missing values)" + out
+        )
     # No normalisation recorded (e.g. regression features): the model takes what training fed it.
     return model.eval(), "the same values the model saw in training (no normalisation recorded)"
 
@@ -68,6 +104,7 @@ def _metadata(info: DatasetInfo, fmt: str, input_desc: str) -> str:
             "input": input_desc,
             "num_outputs": info.num_outputs,
             "class_names": info.class_names,
+            "input_columns": info.features,
         }
     )
 

@@ -23,6 +23,15 @@ class DatasetInfo:
     class_names: list[str] | None = None
     mean: tuple[float, ...] | None = None  # per channel, of uint8 pixels scaled to [0, 1]
     std: tuple[float, ...] | None = None
+    # Tables: each input's name (a column, or 'column=category' for a one-hot input) and how the
+    # data set standardised it from the raw value, input = (raw - feature_mean) / feature_std.
+    features: list[str] | None = None
+    feature_mean: tuple[float, ...] | None = None
+    feature_std: tuple[float, ...] | None = None
+    # Regression targets standardised by the data set: the model predicts (y - target_mean) /
+    # target_std, and evaluation reports mse, mae and r2 in the target's own units.
+    target_mean: tuple[float, ...] | None = None
+    target_std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.task == "classification" and self.num_classes:

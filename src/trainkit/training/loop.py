@@ -262,32 +262,85 @@ def evaluate(
     dist: DistContext | None = None,
     precision: str = "fp32",
 ) -> dict[str, float]:
-    """Loss and accuracy (classification) or MSE and MAE (regression) over every sample, all ranks."""
+    """Loss and accuracy (classification) or loss, MSE, MAE and R² (regression) over every
+    sample, all ranks. Regression metrics are in the target's own units: a data set that
+    standardised its targets says how in DatasetInfo.target_std, and the loss stays the
+    training objective (the MSE of what the model predicts)."""
     dist = dist or DistContext()
     was_training = model.training
     model.eval()
-    sums = torch.zeros(2, device=device)  # loss sum, abs-error sum
+    if task != "classification":
+        return _evaluate_regression(model, batches, device, dist, precision, was_training)
+    sums = torch.zeros(1, device=device)  # loss sum
     counts = torch.zeros(2, dtype=torch.int64, device=device)  # correct, samples
-    outputs = 1
     for x, y in batches():
         with autocast(device, precision):
             out = model(x).float()
-        if task == "classification":
-            sums[0] += F.cross_entropy(out, y, reduction="sum")
-            counts[0] += (out.argmax(1) == y).sum()
-        else:
-            target = y.view_as(out)
-            sums[0] += F.mse_loss(out, target, reduction="sum")
-            sums[1] += (out - target).abs().sum()
-            outputs = out[0].numel()
+        sums[0] += F.cross_entropy(out, y, reduction="sum")
+        counts[0] += (out.argmax(1) == y).sum()
         counts[1] += len(y)
     dist.all_reduce_sum(sums)
     dist.all_reduce_sum(counts)
     model.train(was_training)
-    (loss_sum, abs_sum), (correct, samples) = sums.tolist(), counts.tolist()
+    (loss_sum,), (correct, samples) = sums.tolist(), counts.tolist()
     if samples == 0:
         return {"samples": 0}
-    if task == "classification":
-        return {"samples": samples, "loss": loss_sum / samples, "accuracy": correct / samples}
-    mse = loss_sum / (samples * outputs)
-    return {"samples": samples, "loss": mse, "mse": mse, "mae": abs_sum / (samples * outputs)}
+    return {"samples": samples, "loss": loss_sum / samples, "accuracy": correct / samples}
+
+
+def _evaluate_regression(
+    model: torch.nn.Module,
+    batches: Batches,
+    device: torch.device,
+    dist: DistContext,
+    precision: str,
+    was_training: bool,
+) -> dict[str, float]:
+    # Per output, in the model's units: squared and absolute error sums, and the targets' sum
+    # and sum of squares for R²'s total variance. float64 where the device has it (MPS has
+    # not): a sum of squares over many samples loses digits in float32.
+    dtype = torch.float32 if device.type == "mps" else torch.float64
+    sums: torch.Tensor | None = None
+    samples = torch.zeros(1, dtype=torch.int64, device=device)
+    for x, y in batches():
+        with autocast(device, precision):
+            out = model(x).float()
+        out = out.reshape(len(y), -1)
+        error = (out - y.reshape(out.shape).float()).to(dtype)
+        target = y.reshape(out.shape).to(dtype)
+        if sums is None:
+            sums = torch.zeros(4, out.shape[1], dtype=dtype, device=device)
+        sums[0] += (error * error).sum(0)
+        sums[1] += error.abs().sum(0)
+        sums[2] += target.sum(0)
+        sums[3] += target.square().sum(0)
+        samples += len(y)
+    if sums is None:  # this rank had no samples; the others' sums have the data set's width
+        sums = torch.zeros(4, batches.info.num_outputs, dtype=dtype, device=device)
+    dist.all_reduce_sum(sums)
+    dist.all_reduce_sum(samples)
+    model.train(was_training)
+    n = int(samples.item())
+    if n == 0:
+        return {"samples": 0}
+    squared, absolute, total, total_sq = (row.tolist() for row in sums.cpu().double())
+    width = len(squared)
+    std = batches.info.target_std
+    scale = list(std) if std is not None and len(std) == width else [1.0] * width
+    r2 = []
+    for o in range(width):
+        # n x the targets' variance. Sums about 0, not about the mean (ranks could not add them
+        # otherwise): exact enough in float64 unless the mean is ~1e6 x the spread or more.
+        spread = total_sq[o] - total[o] ** 2 / n
+        if spread > 1e-13 * total_sq[o]:
+            r2.append(1.0 - squared[o] / spread)
+        else:  # constant targets: R² is undefined; 1 for exact predictions, else 0 (as scikit-learn)
+            r2.append(1.0 if squared[o] == 0 else 0.0)
+    loss = sum(squared) / (n * width)
+    return {
+        "samples": n,
+        "loss": loss,
+        "mse": sum(s * scale[o] ** 2 for o, s in enumerate(squared)) / (n * width),
+        "mae": sum(a * scale[o] for o, a in enumerate(absolute)) / (n * width),
+        "r2": sum(r2) / width,
+    }

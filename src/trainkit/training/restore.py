@@ -124,7 +124,7 @@ def dataset_info(checkpoint: Checkpoint, source: Path) -> DatasetInfo:
         raise CheckpointError(f"{source}: has no data set description (data_info); it predates this trainkit")
     known = {f.name for f in dataclasses.fields(DatasetInfo)}
     values = {k: v for k, v in raw.items() if k in known}
-    for key in ("input_shape", "mean", "std"):
+    for key in ("input_shape", "mean", "std", "feature_mean", "feature_std", "target_mean", "target_std"):
         if values.get(key) is not None:
             values[key] = tuple(values[key])
     try:

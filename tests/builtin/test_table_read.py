@@ -1,0 +1,115 @@
+"""Reading table files: formats, delimiters, encodings, and a one-line error for each bad file."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+
+from helpers_tables import rule_columns, write_csv, write_parquet
+from trainkit.builtin.table_read import read_table, sniff_delimiter
+from trainkit.errors import ConfigError, DataError
+
+pytest.importorskip("pyarrow")
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("a,b,c\n1,2,3\n4,5,6\n", ","),
+        ("a;b;c\n1,5;2,5;3\n4;5,25;6\n", ";"),  # decimal commas: only ';' splits every row alike
+        ("a\tb\n1\t2\n", "\t"),
+        ("a|b|c\n1|2|3\n", "|"),
+        ('name,note\n"Smith; John","a|b; c"\n"Doe; Jane","x; y"\n', ","),  # delimiters inside quotes
+        ('a;b\n"1\n2";3\n4;5\n', ";"),  # a quoted newline
+        ("\ufeffa;b\n1;2\n", ";"),
+        ("only\n1\n2\n", ","),  # one column: nothing to find
+        ("a,b,c\n1,2,3\n4,5,6\n7,8", ","),  # the sample may end inside a row
+    ],
+)
+def test_the_delimiter_is_sniffed(text, expected):
+    assert sniff_delimiter(text) == expected
+
+
+def test_csv_with_bom_quotes_and_a_semicolon(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes(b'\xef\xbb\xbfid;name;score\n1;"Smith; John";1,5\n2;"say ""hi""";2\n')
+    file = read_table("data.path", str(path), decimal=",")
+    assert file.table.column_names == ["id", "name", "score"] and file.delimiter == ";"
+    assert file.table.column("name").to_pylist() == ["Smith; John", 'say "hi"']
+    assert file.table.column("score").to_pylist() == [1.5, 2.0]
+
+
+def test_quoted_newlines_and_gzip(tmp_path):
+    path = tmp_path / "t.csv.gz"
+    with gzip.open(path, "wt") as f:
+        f.write('a,b\n"one\nline",1\n"two",2\n')
+    file = read_table("data.path", str(path))
+    assert file.table.column("a").to_pylist() == ["one\nline", "two"]
+    assert file.fingerprint["rows"] == 2 and len(file.fingerprint["sha256"]) == 64
+
+
+def test_empty_cells_and_na_markers_are_missing_in_text_columns_too(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,b\n1,x\n,NA\n3,\n")
+    file = read_table("data.path", str(path))
+    assert file.table.column("a").to_pylist() == [1, None, 3]
+    assert file.table.column("b").to_pylist() == ["x", None, None]
+
+
+def test_parquet_is_read_whatever_its_name(tmp_path):
+    columns = rule_columns(20)
+    path = write_parquet(tmp_path / "data.bin", columns)
+    file = read_table("data.path", str(path))
+    assert file.format == "parquet" and file.table.column("color").to_pylist() == columns["color"]
+    assert file.row(0) == 1  # Parquet rows count from 1; CSV rows as a spreadsheet shows them
+    assert read_table("data.path", str(write_csv(tmp_path / "d.csv", columns))).row(0) == 2
+
+
+def _error(tmp_path, content: bytes, name: str = "t.csv", **options) -> str:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError) as info:
+        read_table("data.path", str(path), **options)
+    assert type(info.value).exit_code == 1 and "\n" not in str(info.value)
+    return str(info.value).replace(str(path), "FILE")
+
+
+def test_bad_files_each_get_one_line(tmp_path):
+    assert _error(tmp_path, b"") == "FILE: the file is empty (no header, no rows)"
+    assert _error(tmp_path, b"\n\n  \n") == "FILE: the file is empty (no header, no rows)"
+    assert _error(tmp_path, b"a,b,c\n") == "FILE: has a header (a, b, c) but no rows"
+    assert _error(tmp_path, b"a,b,a\n1,2,3\n") == "FILE: column names must be unique: 'a' is columns 1, 3"
+    assert _error(tmp_path, b"a,b\n1,2\n3,4,5\n6,7\n8\n") == (
+        "FILE: rows 3 (3 fields), 5 (1 field) do not have the header's 2 fields "
+        "(delimiter ','; rows counted with the header as row 1)"
+    )
+    assert _error(tmp_path, b"hello", name="t.parquet") == (
+        "FILE: not a Parquet file (it starts with b'hell', a Parquet file with b'PAR1')"
+    )
+    assert _error(tmp_path, b"PAR1 truncated", name="t.parquet").startswith("FILE: not a readable Parquet file (")
+    assert _error(tmp_path, b"a,b\n1,caf\xe9\n") == (
+        "FILE: column 'b' is not utf8 text (row 2: b'caf\\xe9'); set data.encoding to the file's encoding, e.g. latin-1"
+    )
+    assert _error(tmp_path, b"a,caf\xe9\n1,2\n") == (
+        "FILE: not utf8 text (byte b'\\xe9' in the header); set data.encoding to the file's encoding, e.g. latin-1"
+    )
+
+
+def test_another_encoding_reads_when_named(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes("ville,n\nCréteil,1\nSète,2\n".encode("latin-1"))
+    assert read_table("data.path", str(path), encoding="latin-1").table.column("ville").to_pylist() == [
+        "Créteil",
+        "Sète",
+    ]
+
+
+def test_a_path_that_is_not_a_file_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=rf"^data.path: file not found: nope.csv \(relative to {tmp_path}\)$"):
+        read_table("data.path", "nope.csv")
+    with pytest.raises(ConfigError, match=r"if it moved, give its new place with data.test_path=\.\.\.\)$"):
+        read_table("data.test_path", "nope.csv", resuming=True)
+    with pytest.raises(ConfigError, match="is a folder; give a .csv or .parquet file"):
+        read_table("data.path", str(tmp_path))

@@ -1,0 +1,221 @@
+"""Training on tables end to end: known rules learned, exact mid-epoch resume, the recorded
+split reused by eval, a changed table refused, the missing extra named, export in the
+target's units."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import trainkit
+from conftest import assert_same_tensors, load_ckpt, metric_history, write_config
+from helpers_tables import COEFFICIENTS, COLORS, GREEN, INTERCEPT, rule_columns, table_config, without, write_csv
+from trainkit.errors import TrainingInterrupted
+from trainkit.training.session import Session
+
+pytest.importorskip("pyarrow")
+
+
+def _run_dir(tmp_path, name="table"):
+    return tmp_path / "ckpt" / name
+
+
+def test_a_linear_class_rule_is_learned(tmp_path):
+    path = write_csv(tmp_path / "train.csv", without(rule_columns(800), "price"), delimiter=";")
+    config = table_config(tmp_path, path, "label")
+    config["trainer"]["epochs"] = 8
+    result = trainkit.train(config, quiet=True)
+    assert result["final"]["val_accuracy"] >= 0.95  # the rule is linear in x0, x1, x2 and color
+    assert trainkit.evaluate(result["run_dir"])["samples"] == 160
+
+
+def test_known_coefficients_are_recovered_with_linear_regression(tmp_path):
+    path = write_csv(tmp_path / "train.csv", without(rule_columns(400), "label"))
+    config = table_config(tmp_path, path, "price", name="line")
+    config["model"] = {"name": "linear_regression"}
+    config["optimizer"] = {"name": "sgd", "lr": 0.1}
+    config["trainer"]["epochs"] = 25
+    result = trainkit.train(config, quiet=True)
+    metrics = trainkit.evaluate(result["best_checkpoint"])
+    assert metrics["r2"] > 0.99999 and metrics["mae"] < 0.01  # in the price's own units
+    assert metrics["loss"] < metrics["mse"]  # the loss is in standardised units, the price's spread is > 1
+
+    # The exported file takes raw features (standardisation inside) and answers in price units,
+    # so its slopes are the coefficients the table was written with.
+    from trainkit.tools.export import export, load_exported
+
+    export(result["best_checkpoint"], tmp_path / "line.pt2")
+    model = load_exported(tmp_path / "line.pt2", "export")
+    names = ["x0", "x1", "x2", "x3"] + [f"color={c}" for c in COLORS]
+
+    def at(**values):
+        return model(torch.tensor([[values.get(n, 0.0) for n in names]])).item()
+
+    blue = at(**{"color=blue": 1.0})
+    assert blue == pytest.approx(INTERCEPT, abs=0.02)
+    assert at(**{"color=green": 1.0}) - blue == pytest.approx(GREEN, abs=0.02)
+    assert at(**{"color=red": 1.0}) - blue == pytest.approx(0.0, abs=0.02)
+    for name, coefficient in COEFFICIENTS.items():
+        assert at(**{name: 1.0, "color=blue": 1.0}) - blue == pytest.approx(coefficient, abs=0.01), name
+    with open(tmp_path / "line.pt2", "rb") as f:
+        assert b'"input_columns": ["x0", "x1", "x2", "x3", "color=blue"' in f.read()
+
+
+@pytest.mark.parametrize("target", ["label", "price"])
+def test_interrupted_mid_epoch_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, target):
+    columns = without(rule_columns(200), "price" if target == "label" else "label")
+    columns["x1"][7] = None  # a missing cell, filled from the recorded training mean
+    path = write_csv(tmp_path / "train.csv", {k: ["" if v is None else v for v in vs] for k, vs in columns.items()})
+
+    def config(name):
+        c = table_config(tmp_path, path, target, name=name, missing="mean")
+        c["model"]["dropout"] = 0.3
+        return c
+
+    trainkit.train(config("ref"), quiet=True)  # 160 training rows / 32 = 5 steps per epoch
+    with monkeypatch.context() as patch, pytest.raises(TrainingInterrupted):
+        patch.setattr(Session, "stop_requested", lambda self, state: state.step == 7)
+        trainkit.train(config("run"), quiet=True)
+    trainkit.resume(_run_dir(tmp_path, "run"), quiet=True)
+    a, b = load_ckpt(_run_dir(tmp_path, "run") / "last.pt"), load_ckpt(_run_dir(tmp_path, "ref") / "last.pt")
+    for key in ("model", "optimizer", "state", "rng", "data_record", "data_info"):
+        assert_same_tensors(a[key], b[key], key)
+    assert metric_history(_run_dir(tmp_path, "run")) == metric_history(_run_dir(tmp_path, "ref"))
+
+
+def test_eval_reuses_the_recorded_split_and_regression_records_carry_r2(tmp_path, monkeypatch, cli):
+    path = write_csv(tmp_path / "train.csv", without(rule_columns(300), "label"))
+    result = trainkit.train(table_config(tmp_path, path, "price"), quiet=True)
+    best = result["history"][result["best_epoch"] - 1]
+    assert {"val_loss", "val_mse", "val_mae", "val_r2"} <= set(best)
+
+    import trainkit.builtin.table_encode as encode
+
+    def no_new_split(*args, **kwargs):
+        raise AssertionError("eval must take the split from the checkpoint's record")
+
+    monkeypatch.setattr(encode, "split_rows", no_new_split)
+    code, out, err = cli("eval", "--ckpt", result["run_dir"], "--json")
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert metrics["samples"] == 60
+    for key in ("loss", "mse", "mae", "r2"):
+        assert metrics[key] == pytest.approx(best[f"val_{key}"], rel=1e-6), key
+    record = load_ckpt(result["best_checkpoint"])["data_record"]
+    assert len(record["test_rows"]) == 60 and record["plan"]["target_std"] > 1
+    assert trainkit.evaluate(result["run_dir"], split="train")["samples"] == 240
+
+
+def test_a_changed_table_stops_resume_and_eval_and_a_moved_one_is_found(tmp_path, cli):
+    columns = without(rule_columns(120), "price")
+    path = write_csv(tmp_path / "train.csv", columns)
+    config = table_config(tmp_path, path, "label")
+    config["trainer"]["epochs"] = 1
+    run = trainkit.train(config, quiet=True)["run_dir"]
+    moved = tmp_path / "moved.csv"
+    path.rename(moved)
+    code, _, err = cli("eval", "--ckpt", run)
+    assert code == 2 and err.startswith(f"error: data.path: file not found: {path} (if it moved, give its new place")
+    code, out, err = cli("eval", "--ckpt", run, f"data.path={moved}")
+    assert code == 0 and out.startswith("test: samples 24"), err
+    columns["x0"][0] = 123.0
+    write_csv(path, columns)
+    for command in (("resume", run, "trainer.epochs=2"), ("eval", "--ckpt", run)):
+        code, _, err = cli(*command)
+        assert code == 2
+        assert err == (
+            f"error: data.path: {path} changed since the run read it: same rows and columns, other values "
+            f"({moved.stat().st_size} bytes before, {path.stat().st_size} now); resuming or evaluating on it "
+            "would not be the same run: put the original file back, or train a new run\n"
+        )
+
+
+def test_asking_for_a_table_without_pyarrow_names_the_extra(tmp_path, cli, monkeypatch):
+    from trainkit import plugins
+
+    path = write_csv(tmp_path / "train.csv", without(rule_columns(20), "price"))
+    config = write_config(tmp_path / "t.yaml", table_config(tmp_path, path, "label"))
+    monkeypatch.setattr(plugins, "has_module", lambda name: name != "pyarrow")
+    code, _, err = cli("validate", config)
+    assert code == 2
+    assert (
+        err == f"error: {config}: line 8: data.name: dataset 'table' needs the pyarrow package: "
+        "pip install 'trainkit[tables]'\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "content,code,message",
+    [
+        (b"", 1, "FILE: the file is empty (no header, no rows)"),
+        (b"a,b,label\n1,2,x\n3,4\n", 1, "FILE: row 3 (2 fields) does not have the header's 3 fields"),
+        (b"a,b,lab\n1,2,x\n3,4,y\n", 2, "data.target: no column 'label' in FILE; did you mean 'lab'?"),
+        (b"a,b,label\n1,,x\n3,4,y\n", 2, "FILE: values are missing in 1 row: row 2 (b); set data.missing"),
+    ],
+)
+def test_bad_tables_on_the_command_line_write_nothing(tmp_path, cli, content, code, message):
+    path = tmp_path / "train.csv"
+    path.write_bytes(content)
+    config = write_config(tmp_path / "t.yaml", table_config(tmp_path, path, "label"))
+    exit_code, _, err = cli("train", config)
+    assert exit_code == code
+    assert err.startswith("error: " + message.replace("FILE", str(path))) and err.count("\n") == 1
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_the_shipped_example_trains_on_the_table_its_documented_command_writes(tmp_path, monkeypatch, caplog):
+    import importlib.util
+    import logging
+
+    from conftest import REPO
+
+    config = REPO / "configs" / "table_example.yaml"
+    command = "python bench/table.py --write data/table.csv --rows 10000"
+    assert command in config.read_text().splitlines()[1] and command in (REPO / "README.md").read_text()
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    spec = importlib.util.spec_from_file_location("bench_table", REPO / "bench" / "table.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.chdir(tmp_path)
+    bench.write_table(tmp_path / "data" / "table.csv", 2000)  # the command, with fewer rows
+    overrides = ["trainer.epochs=2", "trainer.device=cpu", f"checkpoint.dir={tmp_path / 'ckpt'}"]
+    with caplog.at_level(logging.INFO, logger="trainkit"):
+        result = trainkit.train(config, overrides, quiet=True)
+    assert result["final"]["val_accuracy"] > 0.85
+    assert (
+        "data/table.csv: 2000 rows x 50 columns (CSV, delimiter ','); 1600 training / 400 test rows "
+        "(test_fraction 0.2, stratified); inputs: 48 numeric + 5 one-hot from 1 categorical; target 'label': 2 classes"
+    ) in caplog.messages
+
+
+def test_an_exported_classifier_takes_the_raw_rows(tmp_path, cli):
+    """export builds the standardisation in: raw numbers and one-hot categories in, the same
+    logits as the checkpoint's model on the rows as training encoded them."""
+    import numpy as np
+
+    from trainkit.builtin.table import table
+    from trainkit.tools.export import load_exported
+    from trainkit.training.restore import load_trained_model
+
+    columns = without(rule_columns(150), "price")
+    path = write_csv(tmp_path / "train.csv", columns)
+    config = table_config(tmp_path, path, "label")
+    config["trainer"]["epochs"] = 1
+    run = trainkit.train(config, quiet=True)["run_dir"]
+    code, out, err = cli("export", "--ckpt", run, "-o", tmp_path / "model.pt2")
+    assert code == 0, err
+    assert "input raw feature values in the order of trainkit.json's input_columns" in out
+
+    record = load_ckpt(_run_dir(tmp_path) / "best.pt")["data_record"]
+    rows = record["test_rows"].numpy()
+    raw = np.array([columns[f"x{i}"] for i in range(4)]).T[rows]
+    onehot = np.array([[c == name for name in COLORS] for c in np.array(columns["color"])[rows]])
+    exported = load_exported(tmp_path / "model.pt2", "export")(
+        torch.tensor(np.hstack([raw, onehot]), dtype=torch.float32)
+    )
+    model, info, _, _ = load_trained_model(run)
+    encoded = table(seed=0, path=str(path), target="label", record=record).test.inputs
+    assert torch.allclose(exported, model(encoded), atol=1e-5)
+    assert info.features == ["x0", "x1", "x2", "x3"] + [f"color={c}" for c in COLORS]
