@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from trainkit.config import ExperimentConfig, KeyPath, RunName, apply_overrides, get_path, read_yaml_file, resolve
 from trainkit.errors import ConfigError, UsageError
@@ -244,30 +245,75 @@ def load_sweep(path: str | Path) -> Sweep:
     raw = dict(raw)
     raw.setdefault("name", path.stem)
     problems = _Lines(lines)
+    spec: SweepSpec | None = None
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as exc:
         _pydantic_problems(exc, raw, problems)
-        raise SweepFileError(problems.messages(), str(path)) from None
-    _check_spec(spec, problems)
-    config_path = (path.parent / spec.config) if not Path(spec.config).is_absolute() else Path(spec.config)
-    base_raw: Any = None
+    parts = _Parts.of(spec, raw)  # what did validate, to check further and probe: every problem at once
+    bad = _check_spec(parts, problems)
     base = None
-    try:
-        base_raw, base_lines = read_yaml_file(config_path)
-        base = resolve(base_raw, spec.overrides, source=str(config_path), lines=base_lines, default_name=spec.name)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            problems.add(("config",), f"{config_path}: {problem}")
-    except UsageError as exc:  # the file is missing or unreadable
-        problems.add(("config",), str(exc))
-    if base is not None and not problems.found:
-        sweep = Sweep(spec, path, config_path, base_raw, base)
-        _probe(sweep, problems)
-    if problems.found:
+    if parts.config is not None and parts.overrides is not None:
+        config_path = path.parent / parts.config  # an absolute path stays itself
+        try:
+            base_raw, base_lines = read_yaml_file(config_path)
+            base = resolve(base_raw, parts.overrides, source=str(config_path), lines=base_lines, default_name="base")
+        except ConfigError as exc:
+            for problem in exc.problems:
+                problems.add(("config",), f"{config_path}: {problem}")
+        except UsageError as exc:  # the file is missing or unreadable
+            problems.add(("config",), str(exc))
+    if base is not None:
+        probe_spec = SweepSpec.model_construct(name="probe", config=str(parts.config), overrides=parts.overrides)
+        prober = Sweep(probe_spec, path, config_path, base_raw, base)
+        for key, param in parts.params.items():
+            if key not in bad:
+                _probe(prober, key, param, problems)
+    if problems.found or spec is None or base is None:
         raise SweepFileError(problems.messages(), str(path))
-    assert base is not None
     return Sweep(spec, path, config_path, base_raw, base)
+
+
+@dataclass
+class _Parts:
+    """The parts of a sweep file that validated on their own (None where they did not)."""
+
+    params: dict[str, Any]
+    objective: Objective | None
+    sampler: SamplerSpec | None
+    trials: int | None
+    trials_given: bool
+    heartbeat: Heartbeat | None
+    config: str | None
+    overrides: list[str] | None
+
+    @classmethod
+    def of(cls, spec: SweepSpec | None, raw: dict[str, Any]) -> _Parts:
+        if spec is not None:
+            return cls(
+                dict(spec.params), spec.objective, spec.sampler, spec.trials, "trials" in raw, spec.heartbeat,
+                spec.config, spec.overrides,
+            )
+        fields = SweepSpec.model_fields
+
+        def part(name: str) -> Any:
+            value = raw[name] if name in raw else fields[name].get_default(call_default_factory=True)
+            if name == "sampler" and isinstance(value, str):
+                value = {"name": value}
+            try:
+                return TypeAdapter(fields[name].annotation).validate_python(value)
+            except ValidationError:
+                return None
+
+        params = raw.get("params") if isinstance(raw.get("params"), dict) else {}
+        valid = {}
+        for key, value in params.items():
+            try:
+                valid[str(key)] = TypeAdapter(Param).validate_python(value)
+            except ValidationError:
+                pass
+        trials, sampler = part("trials"), part("sampler")
+        return cls(valid, part("objective"), sampler, trials, "trials" in raw, part("heartbeat"), part("config"), part("overrides"))
 
 
 def _pydantic_problems(error: ValidationError, raw: dict[str, Any], problems: _Lines) -> None:
@@ -317,50 +363,58 @@ def _known_keys(path: tuple, raw: dict[str, Any]) -> list[str]:
     return list(by_tag[kind].model_fields) if kind in by_tag else []
 
 
-def _check_spec(spec: SweepSpec, problems: _Lines) -> None:
-    """What the structure alone cannot say: ranges, clashing keys, grid sizes."""
-    keys = list(spec.params)
-    for key, param in spec.params.items():
+def _check_spec(parts: _Parts, problems: _Lines) -> set[str]:
+    """What the structure alone cannot say: ranges, clashing keys, grid sizes. Returns the
+    params found wrong here (they are not probed)."""
+    bad: set[str] = set()
+    keys = list(parts.params)
+
+    def add(path: KeyPath, message: str) -> None:
+        problems.add(path, message)
+        if path[0] == "params":
+            bad.add(path[1])
+
+    for key, param in parts.params.items():
         at = ("params", key)
-        parts = key.split(".")
-        if any(not p or " " in p for p in parts):
-            problems.add(at, "should be a dotted config key, e.g. optimizer.lr")
+        parts_of_key = key.split(".")
+        if any(not p or " " in p for p in parts_of_key):
+            add(at, "should be a dotted config key, e.g. optimizer.lr")
             continue
         if key in SET_BY_SWEEP:
-            problems.add(at, f"cannot be swept: {SET_BY_SWEEP[key]}")
+            add(at, f"cannot be swept: {SET_BY_SWEEP[key]}")
         inside = [other for other in keys if other.startswith(key + ".")]
         if inside:
-            problems.add(at, f"clashes with params.{inside[0]}: a section and a key inside it cannot both be swept")
+            add(at, f"clashes with params.{inside[0]}: a section and a key inside it cannot both be swept")
         if isinstance(param, ChoiceParam):
             seen = [json.dumps(v, sort_keys=True) for v in param.values]
             duplicates = sorted({v for v in seen if seen.count(v) > 1})
             if duplicates:
-                problems.add(at + ("values",), f"{duplicates[0]} is given twice")
+                add(at + ("values",), f"{duplicates[0]} is given twice")
         elif param.low >= param.high:
-            problems.add(at + ("high",), f"should be greater than low ({param.low}), got {param.high}")
+            add(at + ("high",), f"should be greater than low ({param.low}), got {param.high}")
         elif isinstance(param, IntParam) and (param.high - param.low) % param.step:
-            problems.add(at + ("step",), f"high - low ({param.high - param.low}) should be a multiple of step {param.step}")
+            add(at + ("step",), f"high - low ({param.high - param.low}) should be a multiple of step {param.step}")
         elif isinstance(param, IntParam) and param.log and (param.low < 1 or param.step != 1):
-            problems.add(at + ("log",), "a log scale needs low >= 1 and step 1")
-    if spec.objective.metric not in METRICS:
-        problems.add(
+            add(at + ("log",), "a log scale needs low >= 1 and step 1")
+    if parts.objective is not None and parts.objective.metric not in METRICS:
+        add(
             ("objective", "metric"),
-            f"should be a metric of the epoch record ({', '.join(METRICS)}), got {spec.objective.metric!r}"
-            + did_you_mean(spec.objective.metric, METRICS),
+            f"should be a metric of the epoch record ({', '.join(METRICS)}), got {parts.objective.metric!r}"
+            + did_you_mean(parts.objective.metric, METRICS),
         )
-    if spec.sampler.name == "grid":
-        ranges = [k for k, p in spec.params.items() if not isinstance(p, ChoiceParam)]
+    if parts.sampler is not None and parts.sampler.name == "grid":
+        ranges = [k for k, p in parts.params.items() if not isinstance(p, ChoiceParam)]
+        size = math.prod(len(p.values) for p in parts.params.values() if isinstance(p, ChoiceParam))
         if ranges:
-            problems.add(("params", ranges[0]), "the grid sampler needs every param given as type: choice")
-        elif spec.trials is not None and spec.trials > grid_size(spec):
-            problems.add(("trials",), f"{spec.trials} is more than the {grid_size(spec)} points of the grid")
-    elif spec.trials is None:
-        problems.add(("trials",), "required key is missing (how many trials to run)")
-    if spec.heartbeat.grace_period <= spec.heartbeat.interval:
-        problems.add(
-            ("heartbeat", "grace_period"),
-            f"should be longer than the interval ({spec.heartbeat.interval} s), got {spec.heartbeat.grace_period}",
-        )
+            add(("params", ranges[0]), "the grid sampler needs every param given as type: choice")
+        elif parts.trials is not None and parts.trials > size:
+            add(("trials",), f"{parts.trials} is more than the {size} points of the grid")
+    elif parts.sampler is not None and not parts.trials_given:
+        add(("trials",), "required key is missing (how many trials to run)")
+    beat = parts.heartbeat
+    if beat is not None and beat.grace_period <= beat.interval:
+        add(("heartbeat", "grace_period"), f"should be longer than the interval ({beat.interval} s), got {beat.grace_period}")
+    return bad
 
 
 def _probes(param: Any) -> list[tuple[str, Any]]:
@@ -369,19 +423,27 @@ def _probes(param: Any) -> list[tuple[str, Any]]:
     return [("low", param.low), ("high", param.high)]
 
 
-def _probe(sweep: Sweep, problems: _Lines) -> None:
-    """Each end of each range and each choice, on the base config: a bad bound is found now,
-    not after hours of trials."""
-    for key, param in sweep.spec.params.items():
-        for label, value in _probes(param):
-            try:
-                cfg = sweep.trial_config({key: value}, "probe")
-            except ConfigError as exc:
-                for problem in exc.problems:
-                    problems.add(("params", key), f"{label} {value!r} makes an invalid config: {problem}")
-                continue
-            if isinstance(param, (UniformParam, LogUniformParam)):
-                resolved = get_path(cfg.to_dict(), key)
-                if isinstance(resolved, int) and not isinstance(resolved, bool):
-                    problems.add(("params", key, "type"), f"{key} takes whole numbers; use type: int (or choice)")
-                    break
+def _probe(sweep: Sweep, key: str, param: Any, problems: _Lines) -> None:
+    """Each end of a range and each choice, on the base config: a bad bound is found now, not
+    after hours of trials. A problem every value shares is the key's (no such option), said once."""
+    found: list[tuple[str, Any, list[str]]] = []
+    for label, value in _probes(param):
+        try:
+            cfg = sweep.trial_config({key: value}, "probe")
+        except ConfigError as exc:
+            found.append((label, value, exc.problems))
+            continue
+        found.append((label, value, []))
+        if isinstance(param, (UniformParam, LogUniformParam)):
+            resolved = get_path(cfg.to_dict(), key)
+            if isinstance(resolved, int) and not isinstance(resolved, bool):
+                problems.add(("params", key, "type"), f"{key} takes whole numbers; use type: int (or choice)")
+                return
+    shared = set.intersection(*(set(p) for _, _, p in found)) if len(found) > 1 else set()
+    for problem in found[0][2]:
+        if problem in shared:
+            problems.add(("params", key), problem)
+    for label, value, listed in found:
+        for problem in listed:
+            if problem not in shared:
+                problems.add(("params", key), f"{label} {value!r} makes an invalid config: {problem}")

@@ -194,15 +194,17 @@ class Study:
         # a stopped or dead run is queued again with its params and reports; it resumes its folder
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_ATTEMPTS - 1, inherit_intermediate_values=True)
         self.rdb: Any = None
+        if storage_url is not None:
+            self.rdb = self._database(storage_url)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TrainkitError(f"cannot create the sweep folder {self.folder}: {exc.strerror or exc}") from None
-        if storage_url is None:
-            storage: Any = JournalStorage(JournalFileBackend(str(self.folder / layout.JOURNAL)))
+        if self.rdb is None:
             self.where = str(self.folder / layout.JOURNAL)
+            storage: Any = JournalStorage(JournalFileBackend(self.where))
         else:
-            storage = self.rdb = self._database(storage_url)
+            storage = self.rdb
         self.distributions = distributions(sweep)
         direction = "maximize" if sweep.spec.objective.mode == "max" else "minimize"
         try:
@@ -216,7 +218,7 @@ class Study:
             )
         except Exception as exc:  # the database refused us, mid-way
             raise TrainkitError(f"cannot open the study in {self.where}: {_first_line(exc)}") from None
-        self._check_same_sweep(direction)
+        self._check_same_sweep()
 
     # -- set-up
     def _database(self, url: str) -> Any:
@@ -276,7 +278,7 @@ class Study:
             return HyperbandPruner(min_resource=spec.min_epochs, max_resource=epochs, reduction_factor=spec.reduction_factor)
         return NopPruner()
 
-    def _check_same_sweep(self, direction: str) -> None:
+    def _check_same_sweep(self) -> None:
         mine = fingerprint(self.sweep)
         with self.lock:
             stored = self.study.user_attrs.get(SPEC)
