@@ -22,8 +22,10 @@ import importlib.util
 import logging
 import math
 import os
+import random
 import socket
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -238,27 +240,32 @@ class Study:
             if importlib.util.find_spec("psycopg") is None:
                 raise UsageError("PostgreSQL storage needs psycopg: pip install 'trainkit[sweep]'")
         beat = self.sweep.spec.heartbeat
-        try:
-            return RDBStorage(
-                url,
-                engine_kwargs={"pool_pre_ping": True},
-                heartbeat_interval=beat.interval,
-                grace_period=beat.grace_period,
-                heartbeat_stale_trial_callback=self.retry,
-            )
-        except ImportError as exc:
-            raise UsageError(f"the storage {self.where} needs a database driver: {exc}") from None
-        except Exception as exc:
-            raise TrainkitError(f"cannot open the study storage {self.where}: {_first_line(exc)}") from None
+        for attempt in range(3):
+            try:
+                return RDBStorage(
+                    url,
+                    engine_kwargs={"pool_pre_ping": True},
+                    heartbeat_interval=beat.interval,
+                    grace_period=beat.grace_period,
+                    heartbeat_stale_trial_callback=self.retry,
+                )
+            except ImportError as exc:
+                raise UsageError(f"the storage {self.where} needs a database driver: {exc}") from None
+            except Exception as exc:
+                # two machines creating the tables of a new database at once: one loses, then finds them
+                if attempt == 2:
+                    raise TrainkitError(f"cannot open the study storage {self.where}: {_first_line(exc)}") from None
+                time.sleep(0.5 + random.random())
+        raise AssertionError("unreachable")
 
     def _sampler(self, seed_offset: int) -> Any:
-        from optuna.samplers import GridSampler, RandomSampler, TPESampler
+        from optuna.samplers import RandomSampler, TPESampler
 
         spec = self.sweep.spec.sampler
         if spec.name == "grid":
             # the same seed in every process: a trial's grid point is an index into the shuffled grid
             space = {k: p.choices() for k, p in self.sweep.spec.params.items() if isinstance(p, ChoiceParam)}
-            return GridSampler(space, seed=spec.seed)
+            return _grid_sampler()(space, seed=spec.seed)
         # a new seed per claim, from the study's history: processes claiming side by side do not
         # draw the same params, and one process alone is reproducible
         seed = None if spec.seed is None else spec.seed + seed_offset
@@ -340,11 +347,16 @@ class Study:
 
         with self.lock:
             if self.rdb is not None:
+                running = {t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
                 fail_stale_trials(self.study)  # Optuna's heartbeat; it calls self.retry
+                for trial in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+                    if trial.number in running:
+                        beat = self.sweep.spec.heartbeat.grace_period
+                        log.info(f"{_label(trial)}: no heartbeat for {beat} s, so its process is gone; it resumes")
                 return
             for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 if not RunLock(self.folder, root_of(trial)).held_elsewhere():
-                    log.info(f"trial {trial.number}: its process is gone; {layout.trial_name(root_of(trial))} resumes")
+                    log.info(f"{_label(trial)}: its process is gone; it resumes")
                     self._fail_and_retry(trial.number, "its process is gone")
 
     def plan(self, total: int) -> str:
@@ -434,6 +446,24 @@ class Study:
             except optuna.exceptions.UpdateFinishedTrialError:
                 # its heartbeat was late, so another process failed it and runs it again
                 log.warning(f"trial {trial.number} was taken over by another process; its result is left to that one")
+
+
+def _grid_sampler() -> type:
+    from optuna.samplers import GridSampler
+
+    class Grid(GridSampler):
+        """Optuna's grid, without its stop at the last point: Study.stop works inside optimize()
+        only (a RuntimeError from tell otherwise), and the sweep counts its runs itself."""
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            pass
+
+    return Grid
+
+
+def _label(trial: Any) -> str:
+    name = layout.trial_name(root_of(trial))
+    return name if trial.number == root_of(trial) else f"{name} (Optuna trial {trial.number})"
 
 
 def _first_line(exc: BaseException) -> str:

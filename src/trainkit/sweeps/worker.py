@@ -109,6 +109,7 @@ def _run(job: dict[str, Any], channel: _Channel) -> tuple[str, str | None, str, 
     from trainkit.training import hostmem
 
     torch.set_num_threads(job["threads"])
+    print(f"trial process {os.getpid()}: {torch.get_num_threads()} CPU threads", file=sys.stderr, flush=True)
     hostmem.set_default("keep")  # this process is trainkit's own, as under the trainkit command
     sink = PruneSink(channel, job["metric"])
     try:
