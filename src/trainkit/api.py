@@ -257,9 +257,11 @@ def _cuda_for(cfg: ExperimentConfig, ctx: DistContext) -> bool:
     return resolve_device(cfg.trainer.device, ctx).type == "cuda"
 
 
-def sweep(sweep_file: str | Path, *, jobs: int = 1, storage: str | None = None) -> dict[str, Any]:
+def sweep(
+    sweep_file: str | Path, overrides: list[str] | tuple[str, ...] = (), *, jobs: int = 1, storage: str | None = None
+) -> dict[str, Any]:
     """Run or continue the sweep a sweep file describes (needs trainkit[sweep]); returns its
     summary: {"best": {...}, "trials": [{"number", "state", "params", "value", "run_dir"}, ...]}."""
     from trainkit.sweeps.driver import run_sweep
 
-    return run_sweep(sweep_file, jobs=jobs, storage=storage)
+    return run_sweep(sweep_file, overrides, jobs=jobs, storage=storage)

@@ -366,6 +366,7 @@ def plot(
 @app.command()
 def sweep(
     sweep_file: str = typer.Argument(..., metavar="SWEEP.yaml", help="Sweep file: base config, params, trials."),
+    overrides: list[str] | None = OVERRIDES,
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Trials at once on this machine, each in its own process."),
     storage: str | None = typer.Option(
         None, "--storage", help="Study database, e.g. postgresql://user@host/db (default: a file in the sweep folder)."
@@ -384,7 +385,7 @@ def sweep(
     def body() -> None:
         from trainkit.sweeps.driver import run_sweep
 
-        summary = run_sweep(sweep_file, jobs=jobs, storage=storage)
+        summary = run_sweep(sweep_file, overrides or [], jobs=jobs, storage=storage)
         if as_json:
             print(json.dumps(summary))
             return

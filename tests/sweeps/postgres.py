@@ -60,9 +60,13 @@ class Server:
             raise Unavailable(f"{Path(command[0]).name} failed: {(result.stderr or result.stdout).strip()[-300:]}")
 
     def start(self) -> Server:
-        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "trainkit", "--auth=trust", "--no-sync", "-E", "UTF8")
+        self._run(
+            str(self.bin / "initdb"), "-D", str(self.data), "-U", "trainkit", "--auth=trust", "--no-sync", "-E", "UTF8"
+        )
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.folder / "log"), "-w", "start")
+        self._run(
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.folder / "log"), "-w", "start"
+        )
         return self
 
     def stop(self) -> None:

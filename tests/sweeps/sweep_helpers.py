@@ -12,7 +12,7 @@ import yaml
 
 from conftest import TRAINKIT, subprocess_env, tiny_config, write_config
 
-SLOW_PLUGIN = '''
+SLOW_PLUGIN = """
 import time
 from torch import nn
 from trainkit import MODELS
@@ -34,7 +34,7 @@ class Slow(nn.Module):
 @MODELS.register("slow_linear")
 def slow_linear(input_shape, num_classes, delay: float = 0.1):
     return Slow(input_shape, num_classes, delay)
-'''
+"""
 
 
 def write_sweep(folder: Path, base: dict[str, Any] | None = None, **spec: Any) -> Path:

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from sweep_helpers import slow_base, start_trainkit, write_sweep
+
 from trainkit.runfolder.runlog import read_status
 
 pytestmark = pytest.mark.slow

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from sweep_helpers import write_sweep
 
 from conftest import load_ckpt, tiny_config
-from sweep_helpers import write_sweep
 from trainkit import api
 from trainkit.errors import UsageError
 from trainkit.runfolder.runlog import read_status
@@ -77,6 +77,9 @@ def test_the_median_pruner_stops_the_worse_trial(tmp_path, cli, monkeypatch):
     assert (status["status"], status["epoch"]) == ("pruned", 1)
     assert (tmp_path / pruned / "last.pt").exists()
     runs = json.loads(cli("runs", "ckpt", "--json")[1])
-    assert [(r["name"], r["status"]) for r in runs] == [("search/trial-0000", "complete"), ("search/trial-0001", "pruned")]
+    assert [(r["name"], r["status"]) for r in runs] == [
+        ("search/trial-0000", "complete"),
+        ("search/trial-0001", "pruned"),
+    ]
     code, _, err = cli("resume", pruned)
     assert code == 2 and "is already complete (stopped early)" in err

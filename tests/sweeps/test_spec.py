@@ -6,9 +6,9 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+from sweep_helpers import write_sweep
 
 from conftest import tiny_config, write_config
-from sweep_helpers import write_sweep
 from trainkit.sweeps.spec import load_sweep
 
 
@@ -73,7 +73,8 @@ def test_ranges_and_choices_are_checked_against_the_base_config(tmp_path, cli):
         "(options: lr, betas, eps, weight_decay, amsgrad)",
         "  - line 4: params.data.batch_size: low 0 makes an invalid config: data.batch_size: should be greater than 0, "
         "got 0",
-        "  - line 5: params.model.dropout: high 1.5 makes an invalid config: model.dropout: should be less than 1, got 1.5",
+        "  - line 5: params.model.dropout: high 1.5 makes an invalid config: model.dropout: should be less than 1, "
+        "got 1.5",
         "  - line 6: params.trainer.epochs.type: trainer.epochs takes whole numbers; use type: int (or choice)",
         "  - line 7: params.model.name: value 'resnet' makes an invalid config: model.name: unknown model 'resnet' "
         "(known: cnn, fast_cnn, linear_regression, mlp)",
@@ -104,7 +105,9 @@ def test_the_base_config_and_grid_are_checked_too(tmp_path, cli):
 
 
 def test_the_base_configs_own_problems_name_its_file(tmp_path, cli):
-    path = write_sweep(tmp_path, params={"seed": {"type": "choice", "values": [0, 1]}}, overrides=["trainer.epoch=1"], trials=2)
+    path = write_sweep(
+        tmp_path, params={"seed": {"type": "choice", "values": [0, 1]}}, overrides=["trainer.epoch=1"], trials=2
+    )
     code, _, err = cli("sweep", path, "--json")
     assert code == 2
     assert err == (

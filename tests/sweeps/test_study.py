@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-
 from sweep_helpers import write_sweep
+
 from trainkit.errors import UsageError
 from trainkit.sweeps.spec import load_sweep
 from trainkit.sweeps.study import MAX_ATTEMPTS, RunLock, Study, quiet_optuna
@@ -84,7 +84,7 @@ def test_a_run_stopped_again_and_again_is_given_up(tmp_path):
     sweep = _sweep(tmp_path, trials=1)
     with quiet_optuna():
         study = Study(sweep)
-        for attempt in range(MAX_ATTEMPTS):
+        for _ in range(MAX_ATTEMPTS):
             plan, trial, root, lock = _claim(study, 1)
             assert plan == "claim" and root == 0
             study.interrupted(trial, "its process was killed by SIGKILL")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sweep_helpers import slow_base, start_trainkit, write_sweep
 
 from conftest import assert_same_tensors, load_ckpt, metric_history, tiny_config
-from sweep_helpers import slow_base, start_trainkit, write_sweep
 from trainkit import api
 from trainkit.runfolder.runlog import read_records, read_status
 from trainkit.sweeps.driver import cpu_cores

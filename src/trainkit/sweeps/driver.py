@@ -12,6 +12,7 @@ folder, finished ones are left alone, and `trials` counts every process's runs t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -243,6 +244,7 @@ class Driver:
             job |= {"config": cfg.to_dict(), "overwrite": any((run_dir / m).exists() for m in RUN_MARKERS)}
         shown = ", ".join(f"{k}={_short(v)}" for k, v in values.items())
         log.info(f"{label} resumes from its last checkpoint: {shown}" if resume else f"{label} started: {shown}")
+        job["epochs"] = values.get("trainer.epochs", self.sweep.base.trainer.epochs)
         end = self._converse(slot, trial, job, lock, run_dir)
         self._finish(trial, label, run_dir, end.get("status"), end)
 
@@ -257,7 +259,9 @@ class Driver:
         env[FD_ENV] = str(write_end)
         with open(logs / f"{run_dir.name}.log", "ab") as log_file:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            log_file.write(f"=== {stamp} Optuna trial {trial.number}, {'resume' if job['resume'] else 'train'}\n".encode())
+            log_file.write(
+                f"=== {stamp} Optuna trial {trial.number}, {'resume' if job['resume'] else 'train'}\n".encode()
+            )
             log_file.flush()
             try:
                 child = subprocess.Popen(
@@ -277,6 +281,9 @@ class Driver:
             try:
                 return self._talk(child, trial, job, read_end)
             finally:
+                # on any error here: its stdin closing makes it save a checkpoint and stop, not wait for us
+                with contextlib.suppress(OSError):
+                    child.stdin.close()  # type: ignore[union-attr]
                 child.wait()
                 self.children.pop(slot, None)
 
@@ -291,7 +298,9 @@ class Driver:
                 for line in messages:
                     message = json.loads(line)
                     if message["event"] == "epoch":
+                        # reported always; never pruned at its last epoch: stopping saves nothing then
                         prune = self.study.report(trial, message["epoch"], message["value"])
+                        prune = prune and message["epoch"] < job["epochs"]
                         stdin.write(json.dumps({"prune": prune}) + "\n")
                         stdin.flush()
                     elif message["event"] == "end":
@@ -299,7 +308,6 @@ class Driver:
             except (BrokenPipeError, ValueError):
                 pass  # it died mid-sentence: its exit status tells
         code = child.wait()
-        stdin.close()
         if not end:
             how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
             end = {"status": "interrupted", "error": f"its process was {how}", "kind": "trial", "exit_code": code}
@@ -324,7 +332,9 @@ class Driver:
             log.info(f"{label} failed: {end.get('error')}")
         elif status == "failed":  # the set-up's fault, the same for every trial: stop and say so
             self.study.interrupted(trial, end.get("error") or "failed")
-            self._fail_sweep(TrialSetupError(f"{label}: {end.get('error')} (log: {self._log_of(run_dir)})", end["exit_code"]))
+            self._fail_sweep(
+                TrialSetupError(f"{label}: {end.get('error')} (log: {self._log_of(run_dir)})", end["exit_code"])
+            )
         else:
             self.study.interrupted(trial, end.get("error") or "stopped")
             if self.stopping:
@@ -343,13 +353,16 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else json.dumps(value) if not isinstance(value, str) else value
 
 
-def run_sweep(path: str | Path, *, jobs: int = 1, storage: str | None = None) -> dict[str, Any]:
-    """Run (or continue) the sweep a sweep file describes; returns its summary (see report.py)."""
+def run_sweep(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, jobs: int = 1, storage: str | None = None
+) -> dict[str, Any]:
+    """Run (or continue) the sweep a sweep file describes; returns its summary (see report.py).
+    `overrides` are added to the sweep file's (e.g. data.root=... on this machine)."""
     from trainkit.sweeps.spec import load_sweep
     from trainkit.sweeps.study import require_optuna
 
     if jobs < 1:
         raise TrainkitError("jobs must be at least 1")
     require_optuna()
-    sweep = load_sweep(path)
+    sweep = load_sweep(path, overrides)
     return Driver(sweep, jobs, storage).run()

@@ -23,7 +23,9 @@ from trainkit.sweeps.study import ERROR, Run, config_values
 
 def objective_value(run_dir: Path, objective: Objective) -> float | None:
     """The run's objective from its epoch records: the last epoch's value, or the best epoch's."""
-    values = [r[objective.metric] for r in read_records(run_dir, "epoch") if isinstance(r.get(objective.metric), (int, float))]
+    values = [
+        r[objective.metric] for r in read_records(run_dir, "epoch") if isinstance(r.get(objective.metric), (int, float))
+    ]
     if not values:
         return None
     if objective.value == "last":

@@ -23,7 +23,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
@@ -235,8 +235,9 @@ class _Lines:
         return [m for _, m in sorted(self.found, key=lambda item: item[0])]
 
 
-def load_sweep(path: str | Path) -> Sweep:
-    """Read and check a sweep file and its base config; raises one SweepFileError naming every problem."""
+def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Sweep:
+    """Read and check a sweep file and its base config; raises one SweepFileError naming every
+    problem. `overrides` (from the command line) follow the file's own."""
     path = Path(path)
     raw, lines = read_yaml_file(path)
     if not isinstance(raw, dict):
@@ -244,6 +245,9 @@ def load_sweep(path: str | Path) -> Sweep:
         raise SweepFileError(f"the top level must be a mapping (name, config, params, ...), got {got}", str(path))
     raw = dict(raw)
     raw.setdefault("name", path.stem)
+    if overrides:
+        given = raw.get("overrides", [])
+        raw["overrides"] = (given if isinstance(given, list) else [given]) + list(overrides)
     problems = _Lines(lines)
     spec: SweepSpec | None = None
     try:
@@ -264,7 +268,9 @@ def load_sweep(path: str | Path) -> Sweep:
         except UsageError as exc:  # the file is missing or unreadable
             problems.add(("config",), str(exc))
     if base is not None:
-        probe_spec = SweepSpec.model_construct(name="probe", config=str(parts.config), overrides=parts.overrides)
+        probe_spec = SweepSpec.model_construct(
+            name="probe", config=str(parts.config), overrides=parts.overrides or [], params={}
+        )
         prober = Sweep(probe_spec, path, config_path, base_raw, base)
         for key, param in parts.params.items():
             if key not in bad:
@@ -291,8 +297,14 @@ class _Parts:
     def of(cls, spec: SweepSpec | None, raw: dict[str, Any]) -> _Parts:
         if spec is not None:
             return cls(
-                dict(spec.params), spec.objective, spec.sampler, spec.trials, "trials" in raw, spec.heartbeat,
-                spec.config, spec.overrides,
+                dict(spec.params),
+                spec.objective,
+                spec.sampler,
+                spec.trials,
+                "trials" in raw,
+                spec.heartbeat,
+                spec.config,
+                spec.overrides,
             )
         fields = SweepSpec.model_fields
 
@@ -301,11 +313,11 @@ class _Parts:
             if name == "sampler" and isinstance(value, str):
                 value = {"name": value}
             try:
-                return TypeAdapter(fields[name].annotation).validate_python(value)
+                return TypeAdapter(cast(Any, fields[name].annotation)).validate_python(value)
             except ValidationError:
                 return None
 
-        params = raw.get("params") if isinstance(raw.get("params"), dict) else {}
+        params: dict[Any, Any] = raw["params"] if isinstance(raw.get("params"), dict) else {}
         valid = {}
         for key, value in params.items():
             try:
@@ -313,7 +325,16 @@ class _Parts:
             except ValidationError:
                 pass
         trials, sampler = part("trials"), part("sampler")
-        return cls(valid, part("objective"), sampler, trials, "trials" in raw, part("heartbeat"), part("config"), part("overrides"))
+        return cls(
+            valid,
+            part("objective"),
+            sampler,
+            trials,
+            "trials" in raw,
+            part("heartbeat"),
+            part("config"),
+            part("overrides"),
+        )
 
 
 def _pydantic_problems(error: ValidationError, raw: dict[str, Any], problems: _Lines) -> None:
@@ -324,7 +345,7 @@ def _pydantic_problems(error: ValidationError, raw: dict[str, Any], problems: _L
                 del loc[depth]
         path, kind = tuple(loc), err["type"]
         if kind == "extra_forbidden":
-            message = "unknown key" + did_you_mean(path[-1], _known_keys(path[:-1], raw))
+            message = "unknown key" + did_you_mean(str(path[-1]), _known_keys(path[:-1], raw))
         elif kind == "missing":
             message = "required key is missing"
         elif kind in ("union_tag_invalid", "union_tag_not_found"):
@@ -354,12 +375,19 @@ def _known_keys(path: tuple, raw: dict[str, Any]) -> list[str]:
     }
     if path in models:
         return list(models[path].model_fields)
-    node = raw
+    node: Any = raw
     for part in path:
         node = node.get(part) if isinstance(node, dict) else None
     kind = node.get("type" if path[:1] == ("params",) else "name") if isinstance(node, dict) else None
-    by_tag = {"uniform": UniformParam, "loguniform": LogUniformParam, "int": IntParam, "choice": ChoiceParam}
-    by_tag |= {"median": MedianPruner, "hyperband": HyperbandPruner, "none": NoPruner}
+    by_tag: dict[str, type[BaseModel]] = {
+        "uniform": UniformParam,
+        "loguniform": LogUniformParam,
+        "int": IntParam,
+        "choice": ChoiceParam,
+        "median": MedianPruner,
+        "hyperband": HyperbandPruner,
+        "none": NoPruner,
+    }
     return list(by_tag[kind].model_fields) if kind in by_tag else []
 
 
@@ -413,7 +441,10 @@ def _check_spec(parts: _Parts, problems: _Lines) -> set[str]:
         add(("trials",), "required key is missing (how many trials to run)")
     beat = parts.heartbeat
     if beat is not None and beat.grace_period <= beat.interval:
-        add(("heartbeat", "grace_period"), f"should be longer than the interval ({beat.interval} s), got {beat.grace_period}")
+        add(
+            ("heartbeat", "grace_period"),
+            f"should be longer than the interval ({beat.interval} s), got {beat.grace_period}",
+        )
     return bad
 
 

@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from trainkit.errors import TrainkitError, UsageError
 from trainkit.sweeps import layout
@@ -160,7 +160,7 @@ def fingerprint(sweep: Sweep) -> dict[str, Any]:
     config = sweep.base.to_dict()
     for dotted in LOCAL_KEYS:
         *parents, last = dotted.split(".")
-        node = config
+        node: Any = config
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict):
@@ -208,7 +208,7 @@ class Study:
         else:
             storage = self.rdb
         self.distributions = distributions(sweep)
-        direction = "maximize" if sweep.spec.objective.mode == "max" else "minimize"
+        direction: Literal["maximize", "minimize"] = "maximize" if sweep.spec.objective.mode == "max" else "minimize"
         try:
             self.study = optuna.create_study(
                 study_name=sweep.name,
@@ -282,7 +282,9 @@ class Study:
         if spec.name == "hyperband":
             swept = "trainer.epochs" in self.sweep.spec.params
             epochs: Any = "auto" if swept else self.sweep.base.trainer.epochs
-            return HyperbandPruner(min_resource=spec.min_epochs, max_resource=epochs, reduction_factor=spec.reduction_factor)
+            return HyperbandPruner(
+                min_resource=spec.min_epochs, max_resource=epochs, reduction_factor=spec.reduction_factor
+            )
         return NopPruner()
 
     def _check_same_sweep(self) -> None:
@@ -321,7 +323,9 @@ class Study:
         """A PostgreSQL advisory lock: the processes of a sweep on many machines share no folder."""
         from sqlalchemy import text
 
-        key = int.from_bytes(hashlib.sha256(f"trainkit-sweep:{self.sweep.name}".encode()).digest()[:8], "big", signed=True)
+        key = int.from_bytes(
+            hashlib.sha256(f"trainkit-sweep:{self.sweep.name}".encode()).digest()[:8], "big", signed=True
+        )
         with self.rdb.engine.connect() as connection:
             connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
             connection.commit()
@@ -429,7 +433,9 @@ class Study:
         frozen = copy.deepcopy(next(t for t in self.study.get_trials(deepcopy=False) if t.number == number))
         attempts = len(frozen.system_attrs.get("retry_history", [])) + 1
         if attempts >= MAX_ATTEMPTS:  # (Optuna offers no public way to set an attr of another's trial)
-            self.study._storage.set_trial_user_attr(frozen._trial_id, ERROR, f"given up: stopped {attempts} times ({why})")
+            self.study._storage.set_trial_user_attr(
+                frozen._trial_id, ERROR, f"given up: stopped {attempts} times ({why})"
+            )
         try:
             self.study.tell(number, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:

@@ -88,7 +88,9 @@ class PruneSink:
         value = record.get(self.metric)
         if not isinstance(value, (int, float)):
             metrics = ", ".join(k for k in record if k.startswith(("val_", "train_")))
-            raise ObjectiveMissing(f"the objective's metric {self.metric} is not in the epoch record (it has {metrics})")
+            raise ObjectiveMissing(
+                f"the objective's metric {self.metric} is not in the epoch record (it has {metrics})"
+            )
         self.channel.send({"event": "epoch", "epoch": record["epoch"], "value": float(value)})
         answer = self.channel.answers.get()
         if answer is not None and answer.get("prune"):

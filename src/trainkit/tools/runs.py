@@ -108,7 +108,9 @@ def list_runs(directory: str | Path) -> list[dict[str, Any]]:
     runs.sort(key=lambda r: r["updated"] or 0.0, reverse=True)
     if not is_run(base):  # each sweep's trials as one group, after the runs, named sweep/trial-NNNN
         for sweep in sorted(p for p in base.iterdir() if p.is_dir() and is_sweep(p)):
-            runs += [run_info(t) | {"name": f"{sweep.name}/{t.name}", "sweep": sweep.name} for t in trial_folders(sweep)]
+            runs += [
+                run_info(t) | {"name": f"{sweep.name}/{t.name}", "sweep": sweep.name} for t in trial_folders(sweep)
+            ]
     return runs
 
 

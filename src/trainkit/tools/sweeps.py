@@ -36,7 +36,8 @@ def sweep_table(summary: dict[str, Any]) -> Any:
     objective = summary["objective"]
     best = (summary.get("best") or {}).get("number")
     done = sum(t["state"] in ("complete", "pruned", "failed") for t in summary["trials"])
-    title = f"sweep {summary['sweep']}: {done}/{summary['trials_total']} trials done, {objective['mode']} {objective['metric']}"
+    title = f"sweep {summary['sweep']}: {done}/{summary['trials_total']} trials done"
+    title += f", {objective['mode']} {objective['metric']}"
     table = Table(title=title, title_justify="left")
     table.add_column("trial", justify="right")
     for key in summary["params"]:
