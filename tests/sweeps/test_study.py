@@ -106,3 +106,30 @@ def test_a_different_sweep_cannot_continue_the_study(tmp_path):
         f"the study 'search' in {tmp_path / 'ckpt' / 'search' / 'study.journal'} was started by a different sweep "
         "(params.optimizer.lr.low differ); keep the sweep as it was, or give this one another name"
     )
+
+
+@pytest.mark.parametrize(
+    ("sampler", "pruner"),
+    [
+        ("tpe", {"name": "median", "warmup_epochs": 1}),
+        ("random", {"name": "hyperband", "min_epochs": 1}),
+        ("grid", "none"),
+    ],
+)
+def test_each_sampler_and_pruner_asks_and_prunes(tmp_path, sampler, pruner):
+    params = {
+        "optimizer.lr": {"type": "choice", "values": [0.1, 0.01]},
+        "model.hidden": {"type": "int", "low": 4, "high": 8},
+    }
+    if sampler == "grid":
+        params["model.hidden"] = {"type": "choice", "values": [4, 8]}
+    sweep = _sweep(tmp_path, params=params, sampler=sampler, pruner=pruner, trials=2)
+    with quiet_optuna():
+        study = Study(sweep)
+        for value in (0.5, 0.9):
+            _, trial, _, lock = _claim(study, 2)
+            assert set(trial.params) == {"optimizer.lr", "model.hidden"}
+            assert isinstance(study.report(trial, 1, value), bool)  # the pruner answers
+            study.complete(trial, value)
+            lock.release()
+        assert _claim(study, 2)[0] == "done"

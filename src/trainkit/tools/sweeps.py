@@ -84,7 +84,7 @@ def seeds_table(summary: dict[str, Any]) -> Any | None:
 def best_line(summary: dict[str, Any]) -> str:
     best = summary.get("best")
     if best is None:
-        return f"no complete trial yet in {summary['folder']}"
+        return f"no trial has completed in {summary['folder']}"
     metric = summary["objective"]["metric"]
     return (
         f"best: {layout.trial_name(best['number'])}, {metric} {best['value']:.6g}; "
