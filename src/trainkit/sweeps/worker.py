@@ -14,6 +14,7 @@ the next step, then exit, so the trial resumes exactly when the sweep runs again
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -143,7 +144,8 @@ def main() -> None:
     channel = _Channel(out, sys.stdin)
     status, error, kind, code = _run(job, channel)
     channel.send({"event": "end", "status": status, "error": error, "kind": kind, "exit_code": code})
-    out.close()
+    with contextlib.suppress(OSError):  # the sweep process may be gone: nobody to tell
+        out.close()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # the listening thread may still block on stdin
