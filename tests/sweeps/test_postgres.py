@@ -34,10 +34,10 @@ def postgres_url():
 
 
 def _running_trial_of(session: int, sweep_dir: Path) -> Path | None:
-    """A trial folder with a checkpoint whose trial process belongs to this process group."""
+    """A trial folder whose trial process, running now, belongs to this process group."""
     for folder in sorted(sweep_dir.glob("trial-*")):
         status = read_status(folder)
-        if status.get("status") == "running" and (folder / "latest.json").exists():
+        if status.get("status") == "running":
             try:
                 if os.getpgid(status["pid"]) == session:
                     return folder
@@ -46,31 +46,40 @@ def _running_trial_of(session: int, sweep_dir: Path) -> Path | None:
     return None
 
 
+def _wait_for(sweep, found):
+    deadline = time.monotonic() + 120
+    while (result := found()) is None:
+        assert time.monotonic() < deadline and sweep.poll() is None, "a sweep never ran a trial"
+        time.sleep(0.05)
+    return result
+
+
 def test_two_sweeps_on_one_study_one_killed(tmp_path, postgres_url):
     path = write_sweep(
         tmp_path,
-        base=slow_base(tmp_path, checkpoint={"every_n_steps": 2}),
+        base=slow_base(tmp_path, delay=0.3, checkpoint={"every_n_steps": 2}),
         objective={"metric": "val_accuracy", "mode": "max"},
         params={"optimizer.lr": {"type": "loguniform", "low": 1e-3, "high": 0.1}},
-        trials=3,
+        trials=4,
         heartbeat={"interval": 1, "grace_period": 3},
     )
     sweep_dir = tmp_path / "ckpt" / "search"
     doomed = start_trainkit("sweep", path, "--storage", postgres_url, cwd=tmp_path)
+    _wait_for(doomed, lambda: _running_trial_of(doomed.pid, sweep_dir))
     survivor = start_trainkit("sweep", path, "--storage", postgres_url, "--json", cwd=tmp_path)
-    deadline = time.monotonic() + 120
-    while (victim := _running_trial_of(doomed.pid, sweep_dir)) is None:
-        assert time.monotonic() < deadline and doomed.poll() is None, "the first sweep never ran a trial"
-        time.sleep(0.05)
+    _wait_for(survivor, lambda: _running_trial_of(survivor.pid, sweep_dir))  # both at work on the study
+    victim = _wait_for(doomed, lambda: _running_trial_of(doomed.pid, sweep_dir))  # its trial now
     os.killpg(doomed.pid, signal.SIGKILL)  # that machine is gone: no word to the database
     doomed.wait()
+    checkpointed = (victim / "latest.json").exists()
     out, err = survivor.communicate(timeout=300)
     assert survivor.returncode == 0, err
     summary = json.loads(out)
     runs = {t["number"]: t for t in summary["trials"]}
-    assert len(runs) == 3 and {t["state"] for t in runs.values()} == {"complete"}
+    assert len(runs) == 4 and {t["state"] for t in runs.values()} == {"complete"}
     dead = runs[int(victim.name.removeprefix("trial-"))]
     assert len(dead["attempts"]) == 2  # failed by its heartbeat, run again
     assert f"{victim.name}: no heartbeat for 3 s, so its process is gone; it resumes" in err
-    assert f"{victim.name} (Optuna trial {dead['attempts'][1]}) resumes from its last checkpoint" in err
+    again = "resumes from its last checkpoint" if checkpointed else "started"
+    assert f"{victim.name} (Optuna trial {dead['attempts'][1]}) {again}" in err
     assert "postgresql://trainkit@127.0.0.1" in summary["storage"]
