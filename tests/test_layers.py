@@ -79,6 +79,7 @@ def test_training_never_imports_the_cli_or_its_libraries():
         "trainkit.registry",
         "trainkit.plugins",
         "trainkit.errors",
+        "trainkit.sweeps",
     ],
 )
 def test_only_the_cli_imports_tools(layer):
@@ -101,6 +102,25 @@ def test_run_folder_readers_stay_free_of_torch_at_import(module):
     top_level = {alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
     top_level |= {node.module or "" for node in tree.body if isinstance(node, ast.ImportFrom)}
     assert not {m for m in top_level if m.split(".")[0] in ("torch", "numpy")}
+    assert not {m for m in top_level if m.startswith("trainkit.") and m.split(".")[1] in ("training", "api")}
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "trainkit.sweeps.layout",
+        "trainkit.sweeps.spec",
+        "trainkit.sweeps.study",
+        "trainkit.sweeps.driver",
+        "trainkit.sweeps.report",
+    ],
+)
+def test_the_sweep_process_stays_free_of_torch_at_import(module):
+    # only the trial processes (sweeps.worker) train; the sweep process holds the study
+    tree = ast.parse(MODULES[module].read_text())
+    top_level = {alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+    top_level |= {node.module or "" for node in tree.body if isinstance(node, ast.ImportFrom)}
+    assert not {m for m in top_level if m.split(".")[0] in ("torch", "numpy", "optuna")}
     assert not {m for m in top_level if m.startswith("trainkit.") and m.split(".")[1] in ("training", "api")}
 
 

@@ -15,6 +15,7 @@ __all__ = [
     "train",
     "resume",
     "evaluate",
+    "sweep",
     "load_config",
     "MODELS",
     "DATASETS",
@@ -31,6 +32,7 @@ _LAZY = {
     "train": "trainkit.api",
     "resume": "trainkit.api",
     "evaluate": "trainkit.api",
+    "sweep": "trainkit.api",
     "load_config": "trainkit.config",
     "MODELS": "trainkit.registry",
     "DATASETS": "trainkit.registry",
@@ -44,7 +46,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from trainkit.api import evaluate, resume, train
+    from trainkit.api import evaluate, resume, sweep, train
     from trainkit.config import load_config
     from trainkit.errors import ConfigError, TrainkitError
     from trainkit.registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULERS

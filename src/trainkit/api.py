@@ -1,4 +1,4 @@
-"""The Python API: train, resume, evaluate. The CLI is a thin layer over these.
+"""The Python API: train, resume, evaluate, sweep. The CLI is a thin layer over these.
 
     import trainkit
     result = trainkit.train("configs/mnist_cnn.yaml", overrides=["trainer.epochs=1"])
@@ -255,3 +255,13 @@ def evaluate(
 
 def _cuda_for(cfg: ExperimentConfig, ctx: DistContext) -> bool:
     return resolve_device(cfg.trainer.device, ctx).type == "cuda"
+
+
+def sweep(
+    sweep_file: str | Path, overrides: list[str] | tuple[str, ...] = (), *, jobs: int = 1, storage: str | None = None
+) -> dict[str, Any]:
+    """Run or continue the sweep a sweep file describes (needs trainkit[sweep]); returns its
+    summary: {"best": {...}, "trials": [{"number", "state", "params", "value", "run_dir"}, ...]}."""
+    from trainkit.sweeps.driver import run_sweep
+
+    return run_sweep(sweep_file, overrides, jobs=jobs, storage=storage)

@@ -312,8 +312,9 @@ def runs(
 ) -> None:
     """List the runs under DIR: model, data set, epochs, best metric, status, last update.
 
-    Status is complete, running, interrupted or failed; a run whose training process died
-    without saying so (kill -9, power loss) shows as interrupted.
+    Status is complete, running, interrupted, failed or pruned (a sweep's trial); a run whose
+    training process died without saying so (kill -9, power loss) shows as interrupted. A
+    sweep's trials are listed together, as SWEEP/trial-NNNN.
     """
 
     def body() -> None:
@@ -341,15 +342,66 @@ def plot(
 ) -> None:
     """Plot loss (train and validation) and validation accuracy (MAE for regression) per epoch.
 
-    Several runs go on one figure for comparison. Needs matplotlib: pip install 'trainkit[plot]'.
+    Several runs go on one figure for comparison. A sweep folder draws its optimisation
+    history and each param against the objective. Needs matplotlib: pip install 'trainkit[plot]'.
     """
 
     def body() -> None:
+        from pathlib import Path
+
+        from trainkit.sweeps.layout import is_sweep
+
+        if len(run_dirs) == 1 and is_sweep(Path(run_dirs[0])):  # a sweep: its history and params
+            from trainkit.tools.sweeps import plot_sweep
+
+            print(f"wrote {plot_sweep(run_dirs[0], output, width, height)}")
+            return
         from trainkit.tools.plot import plot_runs
 
         print(f"wrote {plot_runs(run_dirs, output, width, height)}")
 
     _call(body)
+
+
+@app.command()
+def sweep(
+    sweep_file: str = typer.Argument(..., metavar="SWEEP.yaml", help="Sweep file: base config, params, trials."),
+    overrides: list[str] | None = OVERRIDES,
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Trials at once on this machine, each in its own process."),
+    storage: str | None = typer.Option(
+        None, "--storage", help="Study database, e.g. postgresql://user@host/db (default: a file in the sweep folder)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout instead of the table."),
+    quiet: bool = QUIET,
+) -> None:
+    """Search the params of a base config with Optuna; each trial is a run folder of the sweep.
+
+    Running the same command again continues the sweep (after a crash or kill -9 too):
+    finished trials stay, interrupted ones resume from their last checkpoint. Several
+    commands, on this machine or (with --storage) many, share one sweep. Needs Optuna:
+    pip install 'trainkit[sweep]'.
+    """
+
+    def body() -> None:
+        from trainkit.sweeps.driver import run_sweep
+
+        summary = run_sweep(sweep_file, overrides or [], jobs=jobs, storage=storage)
+        if as_json:
+            print(json.dumps(summary))
+            return
+        from rich.console import Console
+
+        from trainkit.tools.sweeps import best_line, seeds_table, sweep_table
+
+        console = Console(color_system=None if os.environ.get("NO_COLOR") else "auto", highlight=False)
+        if not quiet:
+            console.print(sweep_table(summary))
+            table = seeds_table(summary)
+            if table is not None:
+                console.print(table)
+        console.print(best_line(summary), soft_wrap=True)
+
+    _call(body, quiet)
 
 
 @app.command()

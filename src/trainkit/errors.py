@@ -104,6 +104,13 @@ class PluginError(TrainkitError):
     exit_code = 2
 
 
+class RunStopped(TrainkitError):
+    """A sink ended the run on purpose (a sweep's pruner): the run saves a checkpoint marked as
+    stopped (so it is not resumed) and ends with `status` in its run folder, then this is raised."""
+
+    status = "stopped"
+
+
 class TrainingInterrupted(TrainkitError):
     """SIGINT or SIGTERM arrived; a checkpoint was written and the run stopped."""
 

@@ -13,6 +13,7 @@ from trainkit.config._sections import (
     EarlyStoppingConfig,
     ExperimentConfig,
     LoggingConfig,
+    RunName,
     TrainerConfig,
 )
 from trainkit.config._validate import get_path, load_config, options_model, resolve
@@ -27,6 +28,7 @@ __all__ = [
     "ExperimentConfig",
     "KeyPath",
     "LoggingConfig",
+    "RunName",
     "TrainerConfig",
     "apply_overrides",
     "dump_yaml",

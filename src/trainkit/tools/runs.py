@@ -21,6 +21,7 @@ import yaml
 from trainkit.errors import UsageError
 from trainkit.runfolder.layout import CONFIG, LATEST, RUN_MARKERS
 from trainkit.runfolder.runlog import read_json, read_records, read_status
+from trainkit.sweeps.layout import is_sweep, trial_folders
 
 COLUMNS = ("name", "model", "dataset", "epochs", "best", "status", "updated")
 
@@ -105,6 +106,11 @@ def list_runs(directory: str | Path) -> list[dict[str, Any]]:
     folders = [base] if is_run(base) else sorted(p for p in base.iterdir() if is_run(p))
     runs = [run_info(folder) for folder in folders]
     runs.sort(key=lambda r: r["updated"] or 0.0, reverse=True)
+    if not is_run(base):  # each sweep's trials as one group, after the runs, named sweep/trial-NNNN
+        for sweep in sorted(p for p in base.iterdir() if p.is_dir() and is_sweep(p)):
+            runs += [
+                run_info(t) | {"name": f"{sweep.name}/{t.name}", "sweep": sweep.name} for t in trial_folders(sweep)
+            ]
     return runs
 
 

@@ -19,7 +19,7 @@ import torch
 from trainkit import plugins
 from trainkit._version import __version__
 from trainkit.config import ExperimentConfig
-from trainkit.errors import CheckpointError, NonFiniteLossError, TrainingInterrupted
+from trainkit.errors import CheckpointError, NonFiniteLossError, RunStopped, TrainingInterrupted
 from trainkit.registry import REGISTRIES
 from trainkit.runfolder.checkpoint import Checkpoint, to_cpu
 from trainkit.runfolder.folder import RunFolder
@@ -77,8 +77,8 @@ def make_checkpoint(
 class Sink(Protocol):
     """Something besides the run folder that receives a run's events on rank 0: a tracker
     (MLflow), a sweep's pruner. A sink never changes what is trained; it may end the run by
-    raising a TrainkitError from `record` (the run then stops as failed with that message,
-    unless the caller handles the error type)."""
+    raising a TrainkitError from `record`: a RunStopped (a pruned trial) ends it cleanly after
+    the next checkpoint, with the error's status; any other stops it as failed with that message."""
 
     def start(self, run_dir: Path, config: dict[str, Any], step: int) -> None: ...
     def record(self, record: dict[str, Any]) -> None: ...
@@ -105,6 +105,7 @@ class Session:
         self.ctx: DistContext = run.dist
         self.stop: StopRequest | None = None
         self.sinks = list(sinks) if self.ctx.is_main else []  # only rank 0 reports
+        self.sink_stop: RunStopped | None = None  # a sink ended the run (e.g. a pruned sweep trial)
 
     # -- Events
     def log(self, record: dict[str, Any]) -> None:
@@ -112,7 +113,11 @@ class Session:
             self.runlog.write(record)
         self.reporter.record(record, self.run.epochs)
         for sink in self.sinks:
-            sink.record(record)
+            try:
+                sink.record(record)
+            except RunStopped as stop:
+                # stop after a checkpoint, as for a signal: the loop asks stop_requested right after
+                self.sink_stop = self.sink_stop or stop
 
     def save(self, state: TrainState, is_best: bool) -> None:
         finite = torch.stack([p.detach().isfinite().all() for p in self.module.parameters()]).all()
@@ -122,6 +127,8 @@ class Session:
         if self.ctx.is_main:
             assert self.runlog is not None and rng_states is not None  # rank 0 has both
             offset = self.runlog.sync()
+            if self.sink_stop is not None:  # the run ends here on purpose: resume must not continue it
+                state = dataclasses.replace(state, stopped_early=True)
             checkpoint = make_checkpoint(
                 self.cfg, self.run, self.module, self.bundle, state, rng_states, offset, is_best
             )
@@ -132,7 +139,7 @@ class Session:
         self.ctx.barrier()  # nobody reads a checkpoint before it is complete
 
     def stop_requested(self, state: TrainState) -> bool:
-        local = self.stop is not None and self.stop.requested
+        local = (self.stop is not None and self.stop.requested) or self.sink_stop is not None
         if not self.ctx.enabled:
             return local
         # Ranks agree every log_every steps and at epoch ends, so they all stop at the same step.
@@ -166,10 +173,15 @@ class Session:
                 try:
                     fit(self.run, state, self)
                 except StopTraining as stop:
+                    if self.sink_stop is not None:
+                        raise self.sink_stop from None
                     signum = self.stop.signum or 15  # other ranks stop because rank 0 did: SIGTERM
                     raise TrainingInterrupted(signum, str(self.folder.path), stop.step) from None
         except TrainingInterrupted as exc:
             self._final("interrupted", state, str(exc))
+            raise
+        except RunStopped as exc:
+            self._final(exc.status, state, str(exc))
             raise
         except BaseException as exc:
             self._final("failed", state, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
