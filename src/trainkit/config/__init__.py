@@ -13,6 +13,7 @@ from trainkit.config._sections import (
     EarlyStoppingConfig,
     ExperimentConfig,
     LoggingConfig,
+    Seed,
     TrainerConfig,
 )
 from trainkit.config._validate import get_path, load_config, options_model, resolve
@@ -37,4 +38,5 @@ __all__ = [
     "parse_yaml",
     "read_yaml_file",
     "resolve",
+    "Seed",
 ]

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from trainkit import inputfiles
 from trainkit.errors import CheckpointError, CheckpointNotFoundError, NewerCheckpointError, UnsafeCheckpointError
 from trainkit.runfolder.fileio import atomic_write
 
@@ -174,12 +175,18 @@ def _unreadable(path: Path, exc: Exception) -> CheckpointError:
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a trainkit checkpoint with weights_only=True, or say precisely why not."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        raise CheckpointNotFoundError(f"{path} is a folder; give a checkpoint file (for resume, a run folder works)")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        file = inputfiles.open_regular(path)  # never blocks: a named pipe or /dev/zero is refused first
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}") from None
+    except inputfiles.NotAFile as exc:
+        hint = " (for resume, a run folder works)" if exc.kind == "a folder" else ""
+        raise CheckpointNotFoundError(f"{path} {exc.strerror}; give a checkpoint file{hint}") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {inputfiles.describe(exc)}") from None
+    try:
+        with file:
+            raw = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's weights-only unpickler names the global it refused ("... GLOBAL posix.system ...")
         refused = re.search(r"GLOBAL ([\w.]+)", str(exc))

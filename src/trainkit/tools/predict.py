@@ -52,14 +52,20 @@ def model_inputs(pixels: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
 
 
 def predict(
-    checkpoint: str | Path, images: Sequence[str | Path], top_k: int = 3, invert: bool = False
+    checkpoint: str | Path,
+    images: Sequence[str | Path],
+    top_k: int = 3,
+    invert: bool = False,
+    *,
+    imports: Sequence[str] = (),
+    trust_plugins: bool = False,
 ) -> list[dict[str, Any]]:
     """Top-k classes with probabilities for each image, in the order given."""
     if not images:
         raise UsageError("give at least one image file")
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
-    model, info, _, source = load_trained_model(checkpoint)
+    model, info, _, source = load_trained_model(checkpoint, imports=imports, trust_plugins=trust_plugins)
     if info.task != "classification" or not info.num_classes:
         raise UsageError(f"{source} is a {info.task} model; predict classifies images")
     if len(info.input_shape) != 3:

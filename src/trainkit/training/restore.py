@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,13 +134,28 @@ def dataset_info(checkpoint: Checkpoint, source: Path) -> DatasetInfo:
         raise CheckpointError(f"{source}: damaged data set description ({exc})") from None
 
 
-def load_trained_model(path: str | Path) -> tuple[torch.nn.Module, DatasetInfo, ExperimentConfig, Path]:
+def require_plugins(
+    checkpoint: Checkpoint, source: str | Path, imports: Sequence[str] = (), trust: bool = False
+) -> None:
+    """Import the modules a checkpoint names (its `plugins` and its config's `imports`), with
+    the user's leave only: `imports` they named (--import), or `trust` (see plugins.require).
+    Modules the user named are imported first, from the working folder too."""
+    plugins.import_user_modules(imports)
+    config_imports = (checkpoint.config or {}).get("imports")
+    named = list(checkpoint.plugins) + (list(config_imports) if isinstance(config_imports, list) else [])
+    plugins.require(named, f"checkpoint {source}", imports=imports, trust=trust)
+
+
+def load_trained_model(
+    path: str | Path, *, imports: Sequence[str] = (), trust_plugins: bool = False
+) -> tuple[torch.nn.Module, DatasetInfo, ExperimentConfig, Path]:
     """A checkpoint's model on the CPU in eval mode, with its data set info and config
-    (for predict and export: no data set is loaded)."""
+    (for predict and export: no data set is loaded). Plugin modules the checkpoint names are
+    imported only with the user's leave (`imports`, `trust_plugins`: see plugins.require)."""
     source = checkpoint_file(path)
     checkpoint = load_checkpoint(source)
     checkpoint.require("config", source=source, purpose="rebuild the model")
-    plugins.require(checkpoint.plugins, f"checkpoint {source}")
+    require_plugins(checkpoint, source, imports, trust_plugins)
     assert checkpoint.config is not None  # require() checked it
     cfg = resolve(checkpoint.config, REBUILD_OVERRIDES, source=str(source))
     info = dataset_info(checkpoint, source)
