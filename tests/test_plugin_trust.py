@@ -7,7 +7,6 @@ folder holds the checkpoint and `evil_mod.py`, and the checkpoint names `evil_mo
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path

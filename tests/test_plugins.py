@@ -6,13 +6,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-
 from pathlib import Path
 
 import pytest
 
 import trainkit
-
 from conftest import TRAINKIT, load_ckpt, subprocess_env, write_config
 from helpers_ecosystem import PLUGIN, PLUGIN_PKG, forget_plugin, plugin_config, write_entry_point_dist
 from trainkit import plugins

@@ -19,9 +19,9 @@ def main(argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    # torchrun's agent logs each step of starting and stopping workers; the workers and the
-    # CLI already say what matters, so only its errors are shown
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    # torchrun's agent logs each step of starting and stopping workers, and each failure;
+    # the workers have said what went wrong, so the agent stays quiet
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
         run(parse_args(argv))
     except ChildFailedError as exc:
@@ -30,6 +30,10 @@ def main(argv: list[str]) -> int:
         return code if code > 0 else 128 - code if code < 0 else 1  # killed by signal N: 128 + N, as shells say
     except SignalException as exc:  # the launcher itself got SIGTERM/SIGINT and stopped the workers
         return 128 + int(exc.sigval)
+    except Exception as exc:  # the launcher's own failure (rendezvous, ports): one line, as for any error
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"error: torch.distributed's launcher failed: {type(exc).__name__}: {text}", file=sys.stderr)
+        return 1
     return 0
 
 

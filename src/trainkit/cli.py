@@ -95,12 +95,10 @@ def _call(fn: Callable[[], Any], quiet: bool = False) -> Any:
 
         # A usage or config error is the same on every rank (same files, same arguments):
         # under torchrun one process per machine says it, not every rank.
+        text = str(exc) if isinstance(exc, ConfigError) else one_line(exc)
         if not isinstance(exc, UsageError) or os.environ.get("LOCAL_RANK", "0") == "0":
-            _err(f"error: {exc if isinstance(exc, ConfigError) else one_line(exc)}")
-        if "TORCHELASTIC_ERROR_FILE" in os.environ:  # torchrun's failure summary shows this rank's message
-            from torch.distributed.elastic.multiprocessing.errors import get_error_handler
-
-            get_error_handler().record_exception(exc)
+            _err(f"error: {text}")
+        _record_for_torchrun(exc, text)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         _err("interrupted")
@@ -108,6 +106,26 @@ def _call(fn: Callable[[], Any], quiet: bool = False) -> Any:
     except MemoryError:  # outside the API's own translation (e.g. while reading a huge config)
         _err("error: out of host memory")
         raise typer.Exit(1) from None
+
+
+def _record_for_torchrun(exc: Exception, text: str) -> None:
+    """Under torchrun, leave this rank's message for the launcher's failure summary: in the
+    error file's format (ErrorHandler.record_exception's), with the message where that puts a
+    traceback; a trainkit error is one line by design, its traceback only noise."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    import time
+
+    record = {
+        "message": f"{type(exc).__name__}: {text}",
+        "extraInfo": {"py_callstack": text, "timestamp": str(int(time.time()))},
+    }
+    try:
+        with open(path, "w") as f:
+            json.dump({"message": record}, f)
+    except OSError:
+        pass  # the summary then says less; the error itself was printed
 
 
 def _version(value: bool) -> None:
@@ -139,7 +157,8 @@ def _launch_distributed(nproc: int, argv: list[str], quiet: bool) -> None:
     else:
         where = "OMP_NUM_THREADS from the environment"
     if not quiet:
-        _err(f"starting {nproc} processes (torch.distributed, this machine), {threads} CPU threads each ({where})")
+        each = f"{threads} CPU thread{'' if threads == '1' else 's'} each"
+        _err(f"starting {nproc} processes (torch.distributed, this machine), {each} ({where})")
     command = [
         sys.executable,
         "-m",

@@ -43,6 +43,7 @@ class Checkpoint:
     is_best: bool = False  # this checkpoint is the run's best so far (best.pt links to it)
     state: dict[str, Any] = field(default_factory=dict)  # the loop's TrainState
     rng: list[Any] = field(default_factory=list)  # one entry per process (rank order)
+    rank_losses: list[Any] = field(default_factory=list)  # each process's batch losses of the epoch so far
     world_size: int = 1
     data_info: dict[str, Any] | None = None  # the data set's DatasetInfo, for predict / export
     data_record: dict[str, Any] | None = None  # DataBundle.record: rebuilds the data exactly (split, index)
@@ -113,6 +114,7 @@ _EXPECTED: dict[str, tuple[type, ...]] = {
     "is_best": (bool,),
     "state": (dict,),
     "rng": (list, tuple),
+    "rank_losses": (list, tuple),
     "world_size": (int,),
     "data_info": (dict, type(None)),
     "data_record": (dict, type(None)),
@@ -142,6 +144,7 @@ def _migrate(values: dict[str, Any], version: int) -> dict[str, Any]:
     """
     if version < 2:  # format 2 added the data set's record; format-1 data sets had none
         values.setdefault("data_record", None)
+        values.setdefault("rank_losses", [])  # and each rank's epoch losses (before: rank 0's in `state`)
     values["format_version"] = FORMAT_VERSION
     return values
 

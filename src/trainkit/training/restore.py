@@ -107,6 +107,11 @@ def restore_training(
             saved_world,
             ctx.world_size,
         )
+    if saved_world == ctx.world_size and ctx.rank < len(checkpoint.rank_losses):
+        own = checkpoint.rank_losses[ctx.rank]
+        if not (isinstance(own, list) and len(own) == len(state.epoch_losses) and all(_is_float(v) for v in own)):
+            raise CheckpointError(f"{source}: damaged loop state in the checkpoint (rank_losses)")
+        state.epoch_losses = [float(v) for v in own]
     states = checkpoint.rng
     if ctx.rank < len(states) and saved_world == ctx.world_size:
         try:
@@ -117,6 +122,10 @@ def restore_training(
         seed = (checkpoint.config or {}).get("seed", 0)
         rng.seed_everything(int(seed) + ctx.rank + state.step)
     return state
+
+
+def _is_float(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def dataset_info(checkpoint: Checkpoint, source: Path) -> DatasetInfo:
