@@ -157,3 +157,28 @@ def test_python_m_trainkit_never_imports_from_the_working_folder_unasked(planted
         assert run.returncode in (0, 2), run.stderr
         assert not (planted / "yaml.ran").exists() and not (planted / "evil_mod.ran").exists()
     assert run.returncode == 2 and run.stderr == _refusal(planted / "planted.pt", "evil_mod")
+
+
+@pytest.mark.usefixtures("isolated_registries")
+def test_import_lists_validates_and_trains_with_a_plugin_the_config_does_not_name(cli, tmp_path, monkeypatch):
+    from helpers_ecosystem import PLUGIN, PLUGIN_PKG, plugin_config
+
+    monkeypatch.chdir(PLUGIN_PKG)  # the plugin sits in the working folder: --import finds it there
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(PLUGIN_PKG))])
+    config = write_config(tmp_path / "p.yaml", plugin_config(tmp_path, imports=False))
+    code, out, err = cli("ls", "models")
+    assert code == 0 and "demo_linear" not in out
+    assert cli("validate", config)[0] == 2  # nothing imported it yet
+    code, out, err = cli("ls", "models", "--import", PLUGIN)
+    assert code == 0, err
+    assert "demo_linear" in out and "Flatten, then one linear layer (plugin demo)." in out
+    assert cli("validate", config, "--import", PLUGIN)[0] == 0
+    code, out, err = cli("train", config, "--import", PLUGIN, "-q")
+    assert code == 0, err
+    assert load_ckpt(tmp_path / "ckpt" / "plugged" / "last.pt")["plugins"] == [PLUGIN]
+    code, out, err = cli("ls", "--import", "no_such_module_at_all")
+    assert (code, err) == (
+        2,
+        "error: --import: cannot import module 'no_such_module_at_all': ModuleNotFoundError: "
+        "No module named 'no_such_module_at_all'\n",
+    )

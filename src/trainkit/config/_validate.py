@@ -106,8 +106,19 @@ def _fields_at(path: KeyPath) -> list[str] | None:
     return list(model.model_fields)
 
 
+_OPTION_MODELS: dict[tuple[str, str, Any], type[BaseModel]] = {}
+
+
 def options_model(registry: Registry, name: str) -> type[BaseModel]:
-    """A pydantic model of the builder's options, from its signature and type hints."""
+    """A pydantic model of the builder's options, from its signature and type hints (made
+    once per builder: building it reads type hints and compiles validators)."""
+    key = (registry.kind, name, registry.get(name).builder)
+    if key not in _OPTION_MODELS:
+        _OPTION_MODELS[key] = _options_model(registry, name)
+    return _OPTION_MODELS[key]
+
+
+def _options_model(registry: Registry, name: str) -> type[BaseModel]:
     hints = registry.type_hints(name)
     fields: dict[str, Any] = {}
     for pname, param in registry.options(name).items():

@@ -171,7 +171,7 @@ def checkpoint_file(path: str | Path) -> Path:
 def open_for_resume(path: str | Path) -> tuple[Path, Checkpoint, list[Path]]:
     """A run folder (its newest good checkpoint) or one checkpoint file."""
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not os.path.lexists(path):  # a symlink loop is there: load_checkpoint says so
         raise CheckpointNotFoundError(f"no such run folder or checkpoint: {path}")
     if path.is_dir():
         return RunFolder(path).load_latest()

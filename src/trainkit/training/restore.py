@@ -16,10 +16,10 @@ import torch
 
 from trainkit import plugins
 from trainkit.config import ExperimentConfig, resolve
-from trainkit.errors import CheckpointError
+from trainkit.errors import CheckpointError, one_line
 from trainkit.runfolder.checkpoint import Checkpoint, load_checkpoint
 from trainkit.runfolder.folder import checkpoint_file
-from trainkit.training import rng
+from trainkit.training import rng, statecheck
 from trainkit.training.build import build_model
 from trainkit.training.data import DatasetInfo
 from trainkit.training.loop import Run, TrainState
@@ -83,14 +83,28 @@ def restore_training(
 ) -> TrainState:
     """Model, optimizer, scheduler, scaler and RNG from a checkpoint; returns the loop state."""
     load_model_state(module, checkpoint.model, source)
+    # what a fresh run has, to compare the loaded hyper-parameters with (statecheck.py)
+    fresh_groups = run.optimizer.state_dict()["param_groups"]
+    fresh_scheduler = run.scheduler.state_dict() if run.scheduler is not None else None
+    fresh_scaler = run.scaler.state_dict() if run.scaler is not None else None
     try:
         run.optimizer.load_state_dict(checkpoint.optimizer or {})
         if run.scheduler is not None and checkpoint.scheduler is not None:
             run.scheduler.load_state_dict(checkpoint.scheduler)
         if run.scaler is not None and checkpoint.scaler:
             run.scaler.load_state_dict(checkpoint.scaler)
-    except (ValueError, KeyError, RuntimeError, TypeError, IndexError) as exc:
-        raise CheckpointError(f"{source}: optimizer or scheduler state does not fit this run ({exc})") from None
+    except (ValueError, KeyError, RuntimeError, TypeError, IndexError, AttributeError) as exc:
+        first = one_line(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        raise CheckpointError(f"{source}: optimizer or scheduler state does not fit this run ({first})") from None
+    problems = list(statecheck.same_kinds(fresh_groups, run.optimizer.state_dict()["param_groups"], "param_groups"))
+    if fresh_scheduler is not None and checkpoint.scheduler is not None:
+        problems += statecheck.same_kinds(fresh_scheduler, checkpoint.scheduler, "scheduler", missing_ok=True)
+    if fresh_scaler is not None and checkpoint.scaler:
+        problems += statecheck.same_kinds(fresh_scaler, checkpoint.scaler, "scaler", missing_ok=True)
+    problems += statecheck.param_state_problems(run.optimizer)
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise CheckpointError(f"{source}: optimizer or scheduler state does not fit this run: {one_line(shown)}")
     state = train_state(checkpoint, source)
     saved_world = checkpoint.world_size
     ctx = run.dist
