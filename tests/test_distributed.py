@@ -286,3 +286,31 @@ def test_kill_9_of_the_nproc_launcher_stops_its_workers_with_a_checkpoint_and_re
     for key in ("model", "optimizer", "state", "rng"):
         assert_same_tensors(final[key], expected[key], key)
     assert metric_history(run_dir) == metric_history(tmp_path / "ckpt" / "ref")
+
+
+def test_sigterm_to_the_nproc_launcher_stops_every_rank_and_exits_143(tmp_path):
+    config = _config(tmp_path, "term", 16)
+    config["data"]["n_train"] = 640
+    path = write_config(tmp_path / "term.yaml", config)
+    run_dir = tmp_path / "ckpt" / "term"
+    launcher = subprocess.Popen(
+        TRAINKIT + ["train", str(path), "--nproc", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline and launcher.poll() is None:
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists() and metrics.read_text().count('"train"') >= 2:
+            break
+        time.sleep(0.01)
+    assert launcher.poll() is None, "the run ended before the signal could be sent"
+    launcher.send_signal(signal.SIGTERM)
+    out, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 143, err  # the workers' code, not torchrun's 1
+    assert err.count("interrupted by SIGTERM; checkpoint saved at step") == 1, err  # rank 0 speaks for all
+    assert err.count("SIGTERM received") == 1, err
+    assert "Traceback" not in err and "ChildFailedError" not in err, err
+    assert 0 < load_ckpt(run_dir / "last.pt")["step"] < 40

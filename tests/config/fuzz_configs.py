@@ -309,13 +309,20 @@ def run(seed: int, cases: int, folder: Path) -> dict[str, Any]:
     marker = folder / "pwned"
     fuzzer = Fuzzer(seed, marker)
     runner = CliRunner()
-    counts: Counter[str] = Counter()
-    failures: list[dict[str, Any]] = []
 
     def too_slow(signum: int, frame: Any) -> None:
         raise TimeoutError(f"a case ran longer than {CASE_SECONDS} s")
 
-    signal.signal(signal.SIGALRM, too_slow)
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    try:
+        return _cases(fuzzer, cases, folder, runner, command, marker)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _cases(fuzzer: Fuzzer, cases: int, folder: Path, runner: Any, command: Any, marker: Path) -> dict[str, Any]:
+    counts: Counter[str] = Counter()
+    failures: list[dict[str, Any]] = []
     slowest = 0.0
     for index in range(cases):
         kind, data, overrides = fuzzer.case()

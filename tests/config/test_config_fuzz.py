@@ -13,7 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import subprocess_env
+
+pytestmark = pytest.mark.slow  # CI runs it; the fast set (-m "not slow") leaves it out
 
 FUZZER = Path(__file__).with_name("fuzz_configs.py")
 CASES = int(os.environ.get("TRAINKIT_FUZZ_CASES", "2000"))

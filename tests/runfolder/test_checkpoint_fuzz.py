@@ -35,6 +35,8 @@ from trainkit.cli import app
 from trainkit.errors import TrainingInterrupted
 from trainkit.training.session import Session
 
+pytestmark = pytest.mark.slow  # CI runs it; the fast set (-m "not slow") leaves it out
+
 CASES_PER_2000 = 120
 CASES = max(12, CASES_PER_2000 * int(os.environ.get("TRAINKIT_FUZZ_CASES", "2000")) // 2000)
 SEED = int(os.environ.get("TRAINKIT_FUZZ_SEED", "0"))

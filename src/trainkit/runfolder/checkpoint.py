@@ -86,6 +86,8 @@ class Checkpoint:
                 problems.append(f"'{spec.name}' is {type(value).__name__}, expected {_describe(expected)}")
         if isinstance(self.model, dict) and not all(isinstance(k, str) for k in self.model):
             problems.append("'model' has keys that are not parameter names")
+        if isinstance(self.plugins, (list, tuple)) and not all(isinstance(m, str) for m in self.plugins):
+            problems.append("'plugins' has entries that are not module names")
         for name in ("epoch", "step", "metrics_offset"):
             value = getattr(self, name)
             if _is_instance(value, int) and value < 0:

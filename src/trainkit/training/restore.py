@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,9 @@ def restore_training(
     fresh_groups = run.optimizer.state_dict()["param_groups"]
     fresh_scheduler = run.scheduler.state_dict() if run.scheduler is not None else None
     fresh_scaler = run.scaler.state_dict() if run.scaler is not None else None
+    before = list(statecheck.param_state_problems(run.optimizer, checkpoint.optimizer))
+    if before:
+        raise CheckpointError(f"{source}: optimizer or scheduler state does not fit this run: {_some(before)}")
     try:
         run.optimizer.load_state_dict(checkpoint.optimizer or {})
         if run.scheduler is not None and checkpoint.scheduler is not None:
@@ -103,8 +107,7 @@ def restore_training(
         problems += statecheck.same_kinds(fresh_scaler, checkpoint.scaler, "scaler", missing_ok=True)
     problems += statecheck.param_state_problems(run.optimizer)
     if problems:
-        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
-        raise CheckpointError(f"{source}: optimizer or scheduler state does not fit this run: {one_line(shown)}")
+        raise CheckpointError(f"{source}: optimizer or scheduler state does not fit this run: {_some(problems)}")
     state = train_state(checkpoint, source)
     saved_world = checkpoint.world_size
     ctx = run.dist
@@ -130,12 +133,17 @@ def restore_training(
     if ctx.rank < len(states) and saved_world == ctx.world_size:
         try:
             rng.restore(states[ctx.rank], run.device)
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, OverflowError) as exc:
             raise CheckpointError(f"{source}: damaged random-generator state ({type(exc).__name__})") from None
     else:
         seed = (checkpoint.config or {}).get("seed", 0)
         rng.seed_everything(int(seed) + ctx.rank + state.step)
     return state
+
+
+def _some(problems: list[str]) -> str:
+    shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+    return one_line(shown)
 
 
 def _is_float(value: Any) -> bool:
@@ -148,6 +156,9 @@ def dataset_info(checkpoint: Checkpoint, source: Path) -> DatasetInfo:
         raise CheckpointError(f"{source}: has no data set description (data_info); it predates this trainkit")
     known = {f.name for f in dataclasses.fields(DatasetInfo)}
     values = {k: v for k, v in raw.items() if k in known}
+    problems = _info_problems(values)
+    if problems:
+        raise CheckpointError(f"{source}: damaged data set description (data_info): {'; '.join(problems[:3])}")
     for key in ("input_shape", "mean", "std"):
         if values.get(key) is not None:
             values[key] = tuple(values[key])
@@ -155,6 +166,40 @@ def dataset_info(checkpoint: Checkpoint, source: Path) -> DatasetInfo:
         return DatasetInfo(**values)
     except TypeError as exc:
         raise CheckpointError(f"{source}: damaged data set description ({exc})") from None
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _info_problems(values: dict[str, Any]) -> list[str]:
+    """What predict and export would trip over in a checkpoint's DatasetInfo."""
+    problems = []
+    if values.get("task") not in ("classification", "regression"):
+        problems.append(f"task is {values.get('task')!r}")
+    shape = values.get("input_shape")
+    if not (isinstance(shape, (list, tuple)) and shape and all(_count(d) for d in shape)):
+        problems.append(f"input_shape is {shape!r}, not a list of sizes")
+    for key in ("num_classes", "num_outputs"):
+        if values.get(key) is not None and not _count(values[key]):
+            problems.append(f"{key} is {values[key]!r}")
+    names = values.get("class_names")
+    if names is not None and not (
+        isinstance(names, list) and all(isinstance(n, str) for n in names) and len(names) == values.get("num_classes")
+    ):
+        problems.append("class_names is not one name per class")
+    if problems:
+        return problems  # statistics per channel mean nothing without a shape
+    channels = shape[0] if isinstance(shape, (list, tuple)) and shape else None
+    for key in ("mean", "std"):
+        stats = values.get(key)
+        if stats is not None and not (
+            isinstance(stats, (list, tuple))
+            and len(stats) == channels
+            and all(_is_float(v) and math.isfinite(v) and (key == "mean" or v > 0) for v in stats)
+        ):
+            problems.append(f"{key} is not one finite number per channel")
+    return problems
 
 
 def require_plugins(

@@ -102,35 +102,66 @@ def _broadcasts(shape: torch.Size, to: torch.Size) -> bool:
     return all(a in (1, b) for a, b in zip(reversed(shape), reversed(to), strict=False))
 
 
-def param_state_problems(optimizer: torch.optim.Optimizer) -> Iterator[str]:
-    """Per-parameter optimizer state that would fail (or silently misbehave) in a step."""
-    names = {
-        id(p): f"param {g}.{i}" for g, group in enumerate(optimizer.param_groups) for i, p in enumerate(group["params"])
-    }
-    for param, state in optimizer.state.items():
-        if not isinstance(param, torch.Tensor):
-            continue
-        where = names.get(id(param), "a parameter")
+def param_state_problems(optimizer: torch.optim.Optimizer, saved: Any = None) -> Iterator[str]:
+    """Per-parameter optimizer state that would fail (or silently misbehave) in a step: of the
+    loaded optimizer, or of a `saved` state_dict before it is loaded (torch's own loading
+    fails on some damage with messages of its internals; dtypes are checked after, since
+    loading casts them to the parameter's)."""
+    pairs = list(_saved_pairs(optimizer, saved)) if saved is not None else list(_loaded_pairs(optimizer))
+    # the buffers one parameter has, every parameter with state has (Adam's exp_avg, ...)
+    common = {k for _, _, state in pairs if isinstance(state, dict) for k in state}
+    common &= PARAM_SHAPED | {"step"}
+    for param, where, state in pairs:
         if not isinstance(state, dict):
             yield f"optimizer state of {where} is {_kind(state)}"
             continue
+        if state and common - set(state):
+            yield f"optimizer state of {where} lacks {', '.join(sorted(common - set(state)))}"
         for key, value in state.items():
-            at = f"optimizer state '{key}' of {where}"
-            if key in PARAM_SHAPED:
-                if value is None and key == "momentum_buffer":
-                    continue  # SGD before its first step with momentum
-                if not (isinstance(value, torch.Tensor) and value.shape == param.shape):
-                    yield f"{at} is {_describe(value)}, the parameter is {tuple(param.shape)}"
-                elif value.is_floating_point() != param.is_floating_point() or value.is_complex() != param.is_complex():
-                    yield f"{at} is {_describe(value)}, the parameter is {str(param.dtype).replace('torch.', '')}"
-            elif key == "step":
-                if isinstance(value, torch.Tensor):
-                    if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
-                        yield f"{at} is {_describe(value)}, not one number"
-                elif not isinstance(value, (int, float)) or isinstance(value, bool):
-                    yield f"{at} is {_kind(value)}, not a number"
-            elif isinstance(value, torch.Tensor):
-                if not _broadcasts(value.shape, param.shape):
-                    yield f"{at} is {_describe(value)}, which does not fit the parameter's {tuple(param.shape)}"
-            elif not isinstance(value, _SCALARS):
-                yield f"{at} is {_kind(value)}"
+            yield from _value_problems(param, f"optimizer state '{key}' of {where}", key, value, saved is None)
+
+
+def _loaded_pairs(optimizer: torch.optim.Optimizer) -> Iterator[tuple[torch.Tensor, str, Any]]:
+    for g, group in enumerate(optimizer.param_groups):
+        for i, param in enumerate(group["params"]):
+            if param in optimizer.state:
+                yield param, f"param {g}.{i}", optimizer.state[param]
+
+
+def _saved_pairs(optimizer: torch.optim.Optimizer, saved: Any) -> Iterator[tuple[torch.Tensor, str, Any]]:
+    """(parameter, name, its saved state), matched as torch matches them: group by group, in order."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+        return
+    groups = saved.get("param_groups")
+    if not isinstance(groups, list) or len(groups) != len(optimizer.param_groups):
+        return  # torch's own loading names this
+    for g, (group, saved_group) in enumerate(zip(optimizer.param_groups, groups, strict=True)):
+        ids = saved_group.get("params") if isinstance(saved_group, dict) else None
+        if not isinstance(ids, list) or len(ids) != len(group["params"]):
+            return
+        for i, (param, index) in enumerate(zip(group["params"], ids, strict=True)):
+            if isinstance(index, (int, str)) and index in saved["state"]:
+                yield param, f"param {g}.{i}", saved["state"][index]
+
+
+def _value_problems(param: torch.Tensor, at: str, key: str, value: Any, check_dtype: bool) -> Iterator[str]:
+    if key in PARAM_SHAPED:
+        if value is None and key == "momentum_buffer":
+            return  # SGD before its first step with momentum
+        if not (isinstance(value, torch.Tensor) and value.shape == param.shape):
+            yield f"{at} is {_describe(value)}, the parameter is {tuple(param.shape)}"
+        elif check_dtype and (
+            value.is_floating_point() != param.is_floating_point() or value.is_complex() != param.is_complex()
+        ):
+            yield f"{at} is {_describe(value)}, the parameter is {str(param.dtype).replace('torch.', '')}"
+    elif key == "step":
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
+                yield f"{at} is {_describe(value)}, not one number"
+        elif not isinstance(value, (int, float)) or isinstance(value, bool):
+            yield f"{at} is {_kind(value)}, not a number"
+    elif isinstance(value, torch.Tensor):
+        if not _broadcasts(value.shape, param.shape):
+            yield f"{at} is {_describe(value)}, which does not fit the parameter's {tuple(param.shape)}"
+    elif not isinstance(value, _SCALARS):
+        yield f"{at} is {_kind(value)}"
