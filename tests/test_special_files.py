@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 import trainkit
-from conftest import tiny_config, write_config
+from conftest import TRAINKIT, subprocess_env, tiny_config, write_config
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
 
@@ -81,12 +82,31 @@ def trained(tmp_path_factory) -> Path:
     return tmp / "ckpt" / "tiny"
 
 
+def _limited() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # a reader that slurps /dev/zero fails
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.usefixtures("no_hang")
 def test_config_path(cli, tmp_path, monkeypatch, kind):
     path = _make(kind, tmp_path / "c.yaml", monkeypatch)
-    for command in ("validate", "train"):
-        code, out, err = cli(command, path)
+    # /dev/zero: in a child with a memory limit (a regression must fail, not fill the machine);
+    # validate only, since train imports torch, which needs more address space than that
+    for command in ("validate",) if kind == "dev_zero" else ("validate", "train"):
+        if kind == "dev_zero":
+            run = subprocess.run(
+                [*TRAINKIT, command, str(path)],
+                capture_output=True,
+                text=True,
+                env=subprocess_env(),
+                timeout=120,
+                preexec_fn=_limited,
+            )
+            code, out, err = run.returncode, run.stdout, run.stderr
+        else:
+            code, out, err = cli(command, path)
         assert code == 2 and out == "", err
         assert err.startswith("error: ") and err.count("\n") == 1, err
         assert MESSAGES[kind] in err, err
@@ -189,7 +209,17 @@ def test_a_checkpoint_that_grows_while_read(cli, tmp_path, trained):
 @pytest.mark.skipif(sys.platform != "linux", reason="/dev/zero and /proc are Linux's here")
 @pytest.mark.usefixtures("no_hang")
 def test_dev_zero_directly(cli):
-    code, out, err = cli("validate", "/dev/zero")
-    assert (code, err) == (2, "error: /dev/zero: is a character device, not a file; give a config file\n")
+    run = subprocess.run(
+        [*TRAINKIT, "validate", "/dev/zero"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+        preexec_fn=_limited,
+    )
+    assert (run.returncode, run.stderr) == (
+        2,
+        "error: /dev/zero: is a character device, not a file; give a config file\n",
+    )
     code, out, err = cli("eval", "--ckpt", "/dev/zero")
     assert (code, err) == (2, "error: /dev/zero is a character device, not a file; give a checkpoint file\n")
