@@ -144,6 +144,7 @@ def isolated_registries(monkeypatch):
         registry.names()  # built-ins (and installed plugins) in before the snapshot
         monkeypatch.setattr(registry, "_entries", dict(registry._entries))
     monkeypatch.setattr(plugins, "_entry_points_loaded", plugins._entry_points_loaded)
+    monkeypatch.setattr(plugins, "_entry_point_modules", set(plugins._entry_point_modules))
     forget_plugin()
     yield
     forget_plugin()

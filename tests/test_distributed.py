@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -183,3 +184,133 @@ def test_nproc_starts_torch_distributed_for_you(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     last = load_ckpt(tmp_path / "ckpt" / "np" / "last.pt")
     assert last["epoch"] == 3 and last["world_size"] == 2
+
+
+def _bad_config(tmp_path):
+    config = _config(tmp_path, "bad", 16)
+    config["trainer"]["epochs"] = True  # not a number
+    config["optimizer"]["lr"] = float("inf")
+    return write_config(tmp_path / "bad.yaml", config)
+
+
+BAD_CONFIG_LINES = [
+    "  - line 19: optimizer.lr: should be a finite number, got inf",
+    "  - line 21: trainer.epochs: should be a valid integer, got True",
+]
+
+
+def test_nproc_checks_the_config_and_run_folder_before_any_worker_starts(tmp_path):
+    bad = _bad_config(tmp_path)
+    result = subprocess.run(
+        TRAINKIT + ["train", str(bad), "--nproc", "2"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=240,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [f"error: {bad}: 2 problems in the config:", *BAD_CONFIG_LINES]
+    assert not (tmp_path / "ckpt").exists()
+    (tmp_path / "ckpt" / "np").mkdir(parents=True)
+    (tmp_path / "ckpt" / "np" / "config.yaml").write_text("name: np\n")  # a run is there already
+    good = write_config(tmp_path / "np.yaml", _config(tmp_path, "np", 16))
+    for args in (["train", str(good)], ["resume", str(tmp_path / "nothing")]):
+        result = subprocess.run(
+            TRAINKIT + [*args, "--nproc", "2"], capture_output=True, text=True, env=subprocess_env(), timeout=240
+        )
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+        assert result.stderr.startswith("error: ") and "torch.distributed" not in result.stderr
+
+
+def test_under_bare_torchrun_a_config_error_is_printed_once(tmp_path):
+    bad = _bad_config(tmp_path)
+    result = _torchrun(2, "train", bad)
+    assert result.returncode != 0  # torchrun's own code: it exits 1 whatever its workers exit with
+    ours = [line for line in result.stderr.splitlines() if line.startswith("[rank")]
+    assert ours == [f"[rank 0] error: {bad}: 2 problems in the config:"]
+    assert result.stderr.count(BAD_CONFIG_LINES[0]) == 1 + 2  # printed once; in the summary for each rank
+    assert "exitcode  : 2" in result.stderr  # each worker exited 2
+    assert "trainkit/cli.py" not in result.stderr and "trainkit/api.py" not in result.stderr  # no traceback of ours
+
+
+def _state(pid: int) -> str:
+    """A process's state letter ('Z' for a zombie), or '' when it is gone."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for the workers")
+def test_kill_9_of_the_nproc_launcher_stops_its_workers_with_a_checkpoint_and_resume_is_exact(tmp_path):
+    config = _config(tmp_path, "ref", 16, model={"dropout": 0.3})
+    config["data"]["n_train"] = 640
+    reference = write_config(tmp_path / "ref.yaml", config)
+    assert _torchrun(2, "train", reference, "-q").returncode == 0
+    run_dir = tmp_path / "ckpt" / "run"
+    command = TRAINKIT + ["train", str(write_config(tmp_path / "run.yaml", dict(config, name="run"))), "--nproc", "2"]
+    env = subprocess_env()
+    env.pop("OMP_NUM_THREADS", None)  # trainkit chooses the threads per process (and says so)
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 180
+    while time.time() < deadline and launcher.poll() is None:
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists() and metrics.read_text().count('"train"') >= 2:
+            break
+        time.sleep(0.01)
+    workers = [int(p) for p in open(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read().split()]
+    assert len(workers) == 2 and launcher.poll() is None
+    launcher.kill()  # SIGKILL: no chance to tell anyone
+    out, err = launcher.communicate(timeout=120)  # the pipes close when the workers are gone too
+    assert launcher.returncode == -signal.SIGKILL
+    assert all(_state(pid) in ("", "Z") for pid in workers), [_state(pid) for pid in workers]
+    assert "interrupted by SIGTERM; checkpoint saved at step" in err, err
+    assert "OMP_NUM_THREADS environment variable" not in err  # torchrun's banner: trainkit sets the threads
+    assert re.search(
+        r"^starting 2 processes \(torch.distributed, this machine\), \d+ CPU threads? each \(\d+ CPU cores / 2\)$",
+        err,
+        re.M,
+    )
+    stopped = load_ckpt(run_dir / "last.pt")
+    assert 0 < stopped["step"] < 40 and stopped["world_size"] == 2
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
+    resumed = subprocess.run(
+        TRAINKIT + ["resume", str(run_dir), "-q", "--nproc", "2"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=240,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    final, expected = load_ckpt(run_dir / "last.pt"), load_ckpt(tmp_path / "ckpt" / "ref" / "last.pt")
+    for key in ("model", "optimizer", "state", "rng"):
+        assert_same_tensors(final[key], expected[key], key)
+    assert metric_history(run_dir) == metric_history(tmp_path / "ckpt" / "ref")
+
+
+def test_sigterm_to_the_nproc_launcher_stops_every_rank_and_exits_143(tmp_path):
+    config = _config(tmp_path, "term", 16)
+    config["data"]["n_train"] = 640
+    path = write_config(tmp_path / "term.yaml", config)
+    run_dir = tmp_path / "ckpt" / "term"
+    launcher = subprocess.Popen(
+        TRAINKIT + ["train", str(path), "--nproc", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline and launcher.poll() is None:
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists() and metrics.read_text().count('"train"') >= 2:
+            break
+        time.sleep(0.01)
+    assert launcher.poll() is None, "the run ended before the signal could be sent"
+    launcher.send_signal(signal.SIGTERM)
+    out, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 143, err  # the workers' code, not torchrun's 1
+    assert err.count("interrupted by SIGTERM; checkpoint saved at step") == 1, err  # rank 0 speaks for all
+    assert err.count("SIGTERM received") == 1, err
+    assert "Traceback" not in err and "ChildFailedError" not in err, err
+    assert 0 < load_ckpt(run_dir / "last.pt")["step"] < 40

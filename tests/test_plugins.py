@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+import trainkit
 from conftest import TRAINKIT, load_ckpt, subprocess_env, write_config
 from helpers_ecosystem import PLUGIN, PLUGIN_PKG, forget_plugin, plugin_config, write_entry_point_dist
 from trainkit import plugins
@@ -24,7 +26,7 @@ def _fresh_entry_point_scan(monkeypatch) -> None:
 
 def _env_without_plugin() -> dict[str, str]:
     env = subprocess_env()
-    env.pop("PYTHONPATH", None)
+    env["PYTHONPATH"] = str(Path(trainkit.__file__).parents[1])  # this trainkit, and nothing else
     return env
 
 
@@ -97,7 +99,7 @@ def test_entry_point_plugin_trains_and_eval_without_it_exits_2(tmp_path):
     assert load_ckpt(last)["plugins"] == [PLUGIN]
 
     run = subprocess.run(
-        [*TRAINKIT, "eval", "--ckpt", str(last)],
+        [*TRAINKIT, "eval", "--ckpt", str(last), "--trust-checkpoint-plugins"],
         cwd=tmp_path,
         env=_env_without_plugin(),
         capture_output=True,
@@ -107,7 +109,8 @@ def test_entry_point_plugin_trains_and_eval_without_it_exits_2(tmp_path):
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.strip() == (
         f"error: checkpoint {last} needs plugin module '{PLUGIN}' (ModuleNotFoundError: No module named "
-        f"'{PLUGIN}'); install the package that provides it or put it on PYTHONPATH"
+        f"'{PLUGIN}'); install the package that provides it, put it on PYTHONPATH, or name it with "
+        "--import MODULE (which also looks in the working folder)"
     )
 
 
@@ -128,7 +131,7 @@ def test_commands_from_a_checkpoint_name_the_missing_plugin(cli, tmp_path, monke
         "predict": ["predict", "--ckpt", run_dir / "last.pt", tmp_path / "x.png"],
         "export": ["export", "--ckpt", run_dir / "last.pt", "-o", tmp_path / "m.pt2"],
     }[command]
-    code, out, err = cli(*args)
+    code, out, err = cli(*args, "--trust-checkpoint-plugins")
     assert code == 2 and out == ""
     assert f"needs plugin module '{PLUGIN}' (ModuleNotFoundError" in err
     assert err.count("\n") == 1

@@ -147,6 +147,7 @@ def test_signal_saves_stops_and_resumes_exactly(tmp_path, kill_reference, sig, c
             (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text() or proc.poll() is not None
         )
     )
+    assert proc.poll() is None, "the run ended before the signal could be sent"
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
@@ -165,23 +166,62 @@ def test_signal_saves_stops_and_resumes_exactly(tmp_path, kill_reference, sig, c
     assert metric_history(run_dir) == metric_history(tmp_path / "ckpt" / "ref")
 
 
+def _step_writes(run_dir: Path) -> list[tuple[int, int]]:
+    """(step, inode) of each step checkpoint being written now (a new write, a new inode)."""
+    found = []
+    for temp in run_dir.glob(".step-*.tmp-*"):
+        try:
+            found.append((int(temp.name.split("-")[1].split(".")[0]), temp.stat().st_ino))
+        except (OSError, ValueError):
+            pass  # renamed away between the listing and the stat
+    return found
+
+
 @pytest.mark.slow
 def test_second_ctrl_c_while_saving_corrupts_nothing(tmp_path, kill_reference):
     config_file = write_config(tmp_path / "k.yaml", _kill_config(tmp_path))
     run_dir = tmp_path / "ckpt" / "k"
-    proc = _start(["train", str(config_file)], slow=True)
-    assert _wait_for(lambda: _in_checkpoint_write(run_dir) or proc.poll() is not None, interval=0.001)
-    proc.send_signal(signal.SIGINT)
-    assert _wait_for(lambda: _in_checkpoint_write(run_dir) or proc.poll() is not None, interval=0.001)
-    proc.send_signal(signal.SIGINT)  # again, while the interrupt's checkpoint is being written
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "still saving the checkpoint" in err or err.count("SIGINT") >= 1
+    steps_per_epoch = 20  # 320 samples / batch 16: at epoch ends the stop follows the epoch's own save
+    err_file = tmp_path / "stderr.txt"
+    with open(err_file, "w") as err_out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SLOW_SAVE_MAIN, "train", str(config_file)],
+            stdout=subprocess.DEVNULL,
+            stderr=err_out,
+            env=subprocess_env(),
+        )
+    try:
+        # 1. the first Ctrl-C lands while a mid-epoch step checkpoint is being written
+        assert _wait_for(
+            lambda: any(step % steps_per_epoch for step, _ in _step_writes(run_dir)) or proc.poll() is not None,
+            interval=0.001,
+        )
+        first = [w for w in _step_writes(run_dir) if w[0] % steps_per_epoch]
+        assert proc.poll() is None and first, "the run ended before a mid-epoch checkpoint write was seen"
+        proc.send_signal(signal.SIGINT)
+        assert _wait_for(lambda: "SIGINT received" in err_file.read_text() or proc.poll() is not None)
+        # 2. the second lands while the interrupt's own checkpoint is written (a new write: a new inode)
+        assert _wait_for(
+            lambda: any(w not in first for w in _step_writes(run_dir)) or proc.poll() is not None, interval=0.001
+        )
+        assert proc.poll() is None, "the interrupt's checkpoint write was not seen: " + err_file.read_text()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = err_file.read_text()
+    assert err.count("SIGINT received: finishing this step and saving a checkpoint...") == 1, err
+    assert "still saving the checkpoint; it will stop right after" in err, err
+    assert "interrupted by SIGINT; checkpoint saved at step" in err, err
     assert (
         subprocess.run(TRAINKIT + ["resume", str(run_dir), "-q"], env=subprocess_env(), capture_output=True).returncode
         == 0
     )
-    assert_same_tensors(load_ckpt(run_dir / "last.pt")["model"], load_ckpt(kill_reference / "last.pt")["model"])
+    final, reference = load_ckpt(run_dir / "last.pt"), load_ckpt(kill_reference / "last.pt")
+    for key in ("model", "optimizer", "state", "rng"):
+        assert_same_tensors(final[key], reference[key], key)
 
 
 def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(cli, tmp_path):

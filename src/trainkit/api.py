@@ -24,14 +24,14 @@ from trainkit.errors import CheckpointError, ConfigError, OutOfMemoryError, RunE
 from trainkit.registry import SCHEDULERS
 from trainkit.runfolder.checkpoint import Checkpoint, load_checkpoint
 from trainkit.runfolder.fileio import atomic_write_text
-from trainkit.runfolder.folder import RunFolder, checkpoint_file, open_for_resume
+from trainkit.runfolder.folder import RunFolder, check_writable_folder, checkpoint_file, open_for_resume
 from trainkit.runfolder.runlog import RunLog
 from trainkit.training.build import build, eval_batches, process_settings
 from trainkit.training.distributed import DistContext, from_env, resolve_device
 from trainkit.training.loop import TrainState
 from trainkit.training.loop import evaluate as evaluate_model
 from trainkit.training.progress import Reporter
-from trainkit.training.restore import load_model_state, restore_training, train_state
+from trainkit.training.restore import load_model_state, require_plugins, restore_training, train_state
 from trainkit.training.session import Session, Sink
 
 # What a resumed or evaluated run may not change: it would no longer be the same run.
@@ -91,9 +91,11 @@ def _check_frozen(saved: dict[str, Any], cfg: ExperimentConfig, source: Path) ->
         )
 
 
-def _saved_config(checkpoint: Checkpoint, source: Path, purpose: str) -> dict[str, Any]:
+def _saved_config(
+    checkpoint: Checkpoint, source: Path, purpose: str, imports: Sequence[str], trust_plugins: bool
+) -> dict[str, Any]:
     checkpoint.require("config", source=source, purpose=purpose)
-    plugins.require(checkpoint.plugins, f"checkpoint {source}")
+    require_plugins(checkpoint, source, imports, trust_plugins)
     assert checkpoint.config is not None  # require() checked it
     return checkpoint.config
 
@@ -118,10 +120,16 @@ def train(
     quiet: bool = False,
     overwrite: bool = False,
     sinks: Sequence[Sink] = (),
+    imports: Sequence[str] = (),
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """Train from a config file, dict or ExperimentConfig; returns the run's summary.
 
-    `sinks` receive the run's records and checkpoints on rank 0 (see training.session.Sink)."""
+    `sinks` receive the run's records and checkpoints on rank 0 (see training.session.Sink).
+    `imports`: modules to import first (they may register components), beside the config's
+    own `imports:`. `dry_run`: check what training would need (config, run folder, device)
+    and return {"run_dir", "config"} without training."""
+    plugins.import_user_modules(imports)
     cfg = _load(config, _with_device(overrides, device))
     folder = RunFolder(cfg.run_dir, cfg.checkpoint.keep_last)
     if folder.holds_run() and not overwrite:
@@ -129,6 +137,9 @@ def train(
             f"{folder.path} already holds a run; continue it with `trainkit resume {folder.path}`, "
             "choose another name (name=...), or pass --overwrite to replace it"
         )
+    check_writable_folder(folder.path)
+    if dry_run:
+        return {"run_dir": str(folder.path), "config": cfg.to_dict()}
     with from_env(cfg.trainer.device) as ctx:
         built = build(cfg, ctx)
         assert built.run is not None
@@ -153,8 +164,15 @@ def resume(
     device: str | None = None,
     quiet: bool = False,
     sinks: Sequence[Sink] = (),
+    imports: Sequence[str] = (),
+    trust_plugins: bool = False,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
-    """Continue a run from its folder (newest good checkpoint) or from one checkpoint file."""
+    """Continue a run from its folder (newest good checkpoint) or from one checkpoint file.
+
+    Plugin modules the checkpoint names are imported only with your leave: `imports`
+    (modules you name) or `trust_plugins=True` (see trainkit.plugins.require). `dry_run`:
+    check everything resuming needs and return {"run_dir", "config"} without training."""
     source, checkpoint, skipped = open_for_resume(path)
     folder = RunFolder(source.parent)
     newest = folder.newest_step()
@@ -164,7 +182,7 @@ def resume(
             f"(step {newest}); resuming from it would discard the later history. "
             f"Resume the folder (`trainkit resume {folder.path}`) or copy the file to a new folder"
         )
-    saved = _saved_config(checkpoint, source, "resume")
+    saved = _saved_config(checkpoint, source, "resume", imports, trust_plugins)
     checkpoint.require("optimizer", source=source, purpose="resume")
     cfg = resolve(saved, _with_device(overrides, device), source=str(source))
     _check_frozen(saved, cfg, source)
@@ -193,6 +211,8 @@ def resume(
             f"{folder.path} is already complete ({why}); "
             f"to train longer: trainkit resume {folder.path} trainer.epochs=N"
         )
+    if dry_run:
+        return {"run_dir": str(folder.path), "config": cfg.to_dict()}
     with from_env(cfg.trainer.device) as ctx:
         built = build(cfg, ctx, data_record=checkpoint.data_record)
         assert built.run is not None
@@ -228,13 +248,18 @@ def evaluate(
     overrides: list[str] | tuple[str, ...] = (),
     *,
     device: str | None = None,
+    imports: Sequence[str] = (),
+    trust_plugins: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of a checkpoint's model on its data set's test (or train) split."""
+    """Metrics of a checkpoint's model on its data set's test (or train) split.
+
+    Plugin modules the checkpoint names are imported only with your leave: `imports`
+    (modules you name) or `trust_plugins=True` (see trainkit.plugins.require)."""
     if split not in ("test", "train"):
         raise UsageError(f"split must be 'test' or 'train', got '{split}'")
     path = checkpoint_file(checkpoint)
     loaded = load_checkpoint(path)
-    saved = _saved_config(loaded, path, "evaluate")
+    saved = _saved_config(loaded, path, "evaluate", imports, trust_plugins)
     # Evaluation writes no event files (a run logged to TensorBoard evaluates without it),
     # and runs wherever it is asked to: a checkpoint trained on `cuda` evaluates on a laptop.
     overrides = ["logging.tensorboard=false", "trainer.device=auto", *_with_device(overrides, device)]

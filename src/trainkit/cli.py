@@ -32,6 +32,17 @@ OVERRIDES = typer.Argument(
 )
 DEVICE = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps (overrides trainer.device).")
 QUIET = typer.Option(False, "--quiet", "-q", help="Only errors and the final result.")
+IMPORTS = typer.Option(
+    None,
+    "--import",
+    metavar="MODULE",
+    help="Import this module first (repeatable): its components register, and a checkpoint may import it.",
+)
+TRUST = typer.Option(
+    False,
+    "--trust-checkpoint-plugins",
+    help="Import every plugin module the checkpoint names (importing runs their code: trust its source).",
+)
 
 
 def _under_torchrun() -> bool:
@@ -80,11 +91,14 @@ def _call(fn: Callable[[], Any], quiet: bool = False) -> Any:
                 _err(f"resume with: trainkit resume {exc.run_dir}")
         raise typer.Exit(exc.exit_code) from None
     except TrainkitError as exc:
-        _err(f"error: {exc}")
-        if "TORCHELASTIC_ERROR_FILE" in os.environ:  # torchrun's failure summary shows this rank's message
-            from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+        from trainkit.errors import ConfigError, UsageError, one_line
 
-            get_error_handler().record_exception(exc)
+        # A usage or config error is the same on every rank (same files, same arguments):
+        # under torchrun one process per machine says it, not every rank.
+        text = str(exc) if isinstance(exc, ConfigError) else one_line(exc)
+        if not isinstance(exc, UsageError) or os.environ.get("LOCAL_RANK", "0") == "0":
+            _err(f"error: {text}")
+        _record_for_torchrun(exc, text)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         _err("interrupted")
@@ -92,6 +106,26 @@ def _call(fn: Callable[[], Any], quiet: bool = False) -> Any:
     except MemoryError:  # outside the API's own translation (e.g. while reading a huge config)
         _err("error: out of host memory")
         raise typer.Exit(1) from None
+
+
+def _record_for_torchrun(exc: Exception, text: str) -> None:
+    """Under torchrun, leave this rank's message for the launcher's failure summary: in the
+    error file's format (ErrorHandler.record_exception's), with the message where that puts a
+    traceback; a trainkit error is one line by design, its traceback only noise."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    import time
+
+    record = {
+        "message": f"{type(exc).__name__}: {text}",
+        "extraInfo": {"py_callstack": text, "timestamp": str(int(time.time()))},
+    }
+    try:
+        with open(path, "w") as f:
+            json.dump({"message": record}, f)
+    except OSError:
+        pass  # the summary then says less; the error itself was printed
 
 
 def _version(value: bool) -> None:
@@ -109,12 +143,26 @@ def _main(
     """Train PyTorch models from a YAML config."""
 
 
-def _launch_distributed(nproc: int, argv: list[str]) -> None:
-    """Re-run this command under torch.distributed's own launcher (what torchrun runs)."""
+def _launch_distributed(nproc: int, argv: list[str], quiet: bool) -> None:
+    """Re-run this command under torch.distributed's own launcher (what torchrun runs),
+    through trainkit._launcher, which exits with the workers' own exit code. This process
+    becomes the launcher (exec), so killing it stops the workers too (they watch it)."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads is None:
+        # what torchrun would do with a banner: share the CPU cores instead of each process
+        # taking them all (that thrashes); said on trainkit's own start line instead
+        threads = str(max(1, _cpu_count() // nproc))
+        os.environ["OMP_NUM_THREADS"] = threads
+        where = f"{_cpu_count()} CPU cores / {nproc}"
+    else:
+        where = "OMP_NUM_THREADS from the environment"
+    if not quiet:
+        each = f"{threads} CPU thread{'' if threads == '1' else 's'} each"
+        _err(f"starting {nproc} processes (torch.distributed, this machine), {each} ({where})")
     command = [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "trainkit._launcher",
         "--standalone",
         f"--nproc_per_node={nproc}",
         "-m",
@@ -122,7 +170,15 @@ def _launch_distributed(nproc: int, argv: list[str]) -> None:
         *argv,
     ]
     sys.stdout.flush()
+    sys.stderr.flush()
     os.execv(sys.executable, command)
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may use (containers, taskset)
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def _strip_nproc(argv: list[str]) -> list[str]:
@@ -166,16 +222,30 @@ def train(
     quiet: bool = QUIET,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run that already exists in the folder."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this machine (starts torch.distributed.run)."),
+    imports: list[str] | None = IMPORTS,
 ) -> None:
     """Train a model as the config describes; checkpoints go to <checkpoint.dir>/<name>/."""
     if nproc > 1:
-        _launch_distributed(nproc, _strip_nproc(sys.argv[1:]))
+
+        def check() -> None:  # in this process, before any worker starts: one line, exit 2
+            from trainkit.api import train as run_train
+            from trainkit.training.distributed import check_launch
+
+            checked = run_train(
+                config, overrides or [], device=device, overwrite=overwrite, imports=imports or [], dry_run=True
+            )
+            check_launch(checked["config"]["trainer"]["device"], nproc)
+
+        _call(check, quiet)
+        _launch_distributed(nproc, _strip_nproc(sys.argv[1:]), quiet)
 
     def body() -> None:
         from trainkit.api import train as run_train
 
         _own_process()
-        result = run_train(config, overrides or [], device=device, quiet=quiet, overwrite=overwrite)
+        result = run_train(
+            config, overrides or [], device=device, quiet=quiet, overwrite=overwrite, imports=imports or []
+        )
         if _is_main():
             _print_result(result, quiet, "trained")
 
@@ -189,16 +259,31 @@ def resume(
     device: str | None = DEVICE,
     quiet: bool = QUIET,
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this machine (starts torch.distributed.run)."),
+    imports: list[str] | None = IMPORTS,
+    trust: bool = TRUST,
 ) -> None:
     """Continue a run exactly where it stopped; trainer.epochs=N extends it."""
     if nproc > 1:
-        _launch_distributed(nproc, _strip_nproc(sys.argv[1:]))
+
+        def check() -> None:  # in this process, before any worker starts: one line, exit 2
+            from trainkit.api import resume as run_resume
+            from trainkit.training.distributed import check_launch
+
+            checked = run_resume(
+                path, overrides or [], device=device, imports=imports or [], trust_plugins=trust, dry_run=True
+            )
+            check_launch(checked["config"]["trainer"]["device"], nproc)
+
+        _call(check, quiet)
+        _launch_distributed(nproc, _strip_nproc(sys.argv[1:]), quiet)
 
     def body() -> None:
         from trainkit.api import resume as run_resume
 
         _own_process()
-        result = run_resume(path, overrides or [], device=device, quiet=quiet)
+        result = run_resume(
+            path, overrides or [], device=device, quiet=quiet, imports=imports or [], trust_plugins=trust
+        )
         if _is_main():
             _print_result(result, quiet, "trained")
 
@@ -212,6 +297,8 @@ def eval_(
     split: str = typer.Option("test", "--split", help="test | train"),
     device: str | None = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
+    imports: list[str] | None = IMPORTS,
+    trust: bool = TRUST,
 ) -> None:
     """Evaluate a checkpoint; it carries its config, so nothing else is needed."""
 
@@ -219,7 +306,7 @@ def eval_(
         from trainkit.api import evaluate
 
         _own_process()
-        result = evaluate(ckpt, split, overrides or [], device=device)
+        result = evaluate(ckpt, split, overrides or [], device=device, imports=imports or [], trust_plugins=trust)
         if not _is_main():
             return
         if as_json:
@@ -237,12 +324,15 @@ def eval_(
 def validate(
     config: str = typer.Argument(..., help="Experiment YAML file."),
     overrides: list[str] | None = OVERRIDES,
+    imports: list[str] | None = IMPORTS,
 ) -> None:
     """Check a config (every problem at once) and print the resolved result."""
 
     def body() -> None:
         from trainkit.config import dump_yaml, load_config
+        from trainkit.plugins import import_user_modules
 
+        import_user_modules(imports or [])
         cfg = load_config(config, overrides or [])
         print(dump_yaml(cfg.to_dict()), end="")
         _err(f"{config}: ok")
@@ -251,15 +341,20 @@ def validate(
 
 
 @app.command("ls")
-def ls(kind: str | None = typer.Argument(None, help="models | datasets | optimizers | schedulers")) -> None:
+def ls(
+    kind: str | None = typer.Argument(None, help="models | datasets | optimizers | schedulers"),
+    imports: list[str] | None = IMPORTS,
+) -> None:
     """List the registered components and their options."""
 
     def body() -> None:
         import inspect
 
         from trainkit.errors import UsageError
+        from trainkit.plugins import import_user_modules
         from trainkit.registry import REGISTRIES
 
+        import_user_modules(imports or [])
         by_plural = {f"{r.kind}s": r for r in REGISTRIES.values()}
         if kind is not None and kind not in by_plural:
             raise UsageError(f"unknown kind '{kind}'; choose one of {', '.join(by_plural)}")
@@ -280,11 +375,7 @@ def ls(kind: str | None = typer.Argument(None, help="models | datasets | optimiz
 
 
 @app.command()
-def schema(
-    imports: list[str] | None = typer.Option(
-        None, "--import", metavar="MODULE", help="Import a plugin module first, so its components are included."
-    ),
-) -> None:
+def schema(imports: list[str] | None = IMPORTS) -> None:
     """Print the JSON Schema of experiment configs (for editors and CI checks).
 
     Each component section (model, data, optimizer, scheduler) lists every registered
@@ -294,12 +385,9 @@ def schema(
 
     def body() -> None:
         from trainkit.config.jsonschema import config_schema
-        from trainkit.errors import PluginError
-        from trainkit.plugins import import_modules
+        from trainkit.plugins import import_user_modules
 
-        problems = import_modules(list(imports or []))
-        if problems:
-            raise PluginError("; ".join(message for _, message in problems))
+        import_user_modules(imports or [])
         print(json.dumps(config_schema(), indent=2))
 
     _call(body)
@@ -413,6 +501,8 @@ def predict(
         False, "--invert", help="Invert the pixels first (dark-on-light photos for MNIST-like data)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list to stdout."),
+    imports: list[str] | None = IMPORTS,
+    trust: bool = TRUST,
 ) -> None:
     """Classify images with a trained checkpoint: top-k class names with probabilities.
 
@@ -424,7 +514,7 @@ def predict(
         from trainkit.tools.predict import format_predictions
         from trainkit.tools.predict import predict as run_predict
 
-        results = run_predict(ckpt, images, top_k, invert)
+        results = run_predict(ckpt, images, top_k, invert, imports=imports or [], trust_plugins=trust)
         print(json.dumps(results) if as_json else format_predictions(results))
 
     _call(body)
@@ -435,6 +525,8 @@ def export_(
     ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint file (or run folder: its best.pt)."),
     output: str = typer.Option(..., "--output", "-o", help="File to write, e.g. model.pt2."),
     fmt: str = typer.Option("export", "--format", help="export (torch.export, default) | torchscript"),
+    imports: list[str] | None = IMPORTS,
+    trust: bool = TRUST,
 ) -> None:
     """Export a checkpoint's model, input normalisation included, to run without trainkit.
 
@@ -448,7 +540,7 @@ def export_(
     def body() -> None:
         from trainkit.tools.export import export as run_export
 
-        result = run_export(ckpt, output, fmt)
+        result = run_export(ckpt, output, fmt, imports=imports or [], trust_plugins=trust)
         shape = ", ".join(str(d) for d in result["input_shape"])
         loader = "torch.export.load(path).module()" if fmt == "export" else "torch.jit.load(path)"
         print(

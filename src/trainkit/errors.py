@@ -7,6 +7,16 @@ carries the exit code that fits it, so the CLI never has to guess.
 
 from __future__ import annotations
 
+import re
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: object) -> str:
+    """`text` with newlines and other control characters escaped (a key, path or value a
+    user typed may hold them; a message stays one line whatever it quotes)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
+
 
 class TrainkitError(Exception):
     """Base class: a failure trainkit can explain in one line."""
@@ -29,11 +39,11 @@ class ConfigError(UsageError):
         super().__init__(self._format())
 
     def _format(self) -> str:
-        where = f"{self.source}: " if self.source else ""
+        where = f"{one_line(self.source)}: " if self.source else ""
         if len(self.problems) == 1:
-            return f"{where}{self.problems[0]}"
+            return f"{where}{one_line(self.problems[0])}"
         count = len(self.problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
+        lines = "\n".join(f"  - {one_line(p)}" for p in self.problems)
         return f"{where}{count} problems in the config:\n{lines}"
 
 
@@ -109,6 +119,11 @@ class RunStopped(TrainkitError):
     stopped (so it is not resumed) and ends with `status` in its run folder, then this is raised."""
 
     status = "stopped"
+
+
+class UntrustedPluginError(PluginError):
+    """A checkpoint names plugin modules the user has not allowed to be imported (importing
+    runs their code): refused, like `trust_remote_code=False` in the Hugging Face libraries."""
 
 
 class TrainingInterrupted(TrainkitError):

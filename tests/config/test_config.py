@@ -94,7 +94,7 @@ def test_wrong_type(cli, tmp_path):
     config = tiny_config(tmp_path, trainer={"epochs": "many"})
     code, _, err = _validate(cli, tmp_path, config)
     assert code == 2
-    assert "trainer.epochs: should be a valid integer, unable to parse string as an integer, got 'many'" in err
+    assert "trainer.epochs: should be a valid integer, got 'many'" in err
 
 
 @pytest.mark.parametrize(

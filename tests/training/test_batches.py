@@ -43,9 +43,13 @@ def test_rank_shards_together_are_the_single_process_batches():
         list(Batches(split, info, 2, torch.device("cpu"), train=True, seed=5, rank=r, world_size=2)(epoch=0))
         for r in range(2)
     ]
-    for b, (_, y) in enumerate(single):
-        together = torch.cat([ranks[0][b][1], ranks[1][b][1]])
-        assert sorted(together.tolist()) == sorted(y.tolist())
+    assert len(single) == len(ranks[0]) == len(ranks[1]) == 3
+    for b, (x, y) in enumerate(single):
+        # batch b of one process is positions [4b, 4b+4) of the permutation; rank r takes
+        # every 2nd of them from r: the samples themselves, interleaved, not just their labels
+        interleaved = [(ranks[r][b][0][i], ranks[r][b][1][i]) for i in range(2) for r in range(2)]
+        assert torch.equal(x, torch.stack([xi for xi, _ in interleaved]))
+        assert torch.equal(y, torch.stack([yi for _, yi in interleaved]))
 
 
 def test_uneven_shards_pad_for_training_and_count_each_sample_once_for_evaluation():

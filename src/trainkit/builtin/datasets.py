@@ -12,6 +12,7 @@ from typing import Annotated
 
 from pydantic import Field
 
+from trainkit.config import Seed
 from trainkit.registry import DATASETS
 
 Positive = Annotated[int, Field(gt=0)]
@@ -129,7 +130,7 @@ def synthetic_regression(
     weight: float | list[float] = 2.0,
     bias: float = 0.0,
     noise: NonNegative = 0.01,
-    data_seed: int | None = None,
+    data_seed: Seed | None = None,
 ):
     """y = w.x + b + noise with x ~ N(0, 1), seeded (the classic y = 2x example by default)."""
     import torch
@@ -160,7 +161,7 @@ def synthetic_images(
     n_train: Positive = 2000,
     n_test: Positive = 500,
     noise: NonNegative = 60.0,
-    data_seed: int | None = None,
+    data_seed: Seed | None = None,
 ):
     """Seeded random images: one random template per class plus pixel noise (for quick checks)."""
     import torch

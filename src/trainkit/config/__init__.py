@@ -14,6 +14,7 @@ from trainkit.config._sections import (
     ExperimentConfig,
     LoggingConfig,
     RunName,
+    Seed,
     TrainerConfig,
 )
 from trainkit.config._validate import get_path, load_config, options_model, resolve
@@ -39,4 +40,5 @@ __all__ = [
     "parse_yaml",
     "read_yaml_file",
     "resolve",
+    "Seed",
 ]

@@ -16,6 +16,15 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
+# The seeds Python's random, numpy (np.random.seed) and torch all accept. Derived seeds stay
+# valid too: seed + rank + step is reduced for numpy and fits torch's 64 bits (rng.py), and
+# mix_seed folds any integers into 63 bits (batches.py).
+MAX_SEED = 2**32 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+# Strict types: a number is a number (`epochs: true` is no 1, `"3"` is no 3; an int is a fine
+# float) and floats are finite (`lr: .inf` is a mistake). Builder options get the same rules
+# (_strict.py).
+STRICT = ConfigDict(strict=True, allow_inf_nan=False)
 
 
 def _matching(pattern: str, expected: str):
@@ -39,13 +48,13 @@ Device = Annotated[str, _matching(_DEVICE, "one of auto, cpu, cuda, cuda:N, mps"
 
 class _Section(BaseModel):
     # frozen: the resolved config is the run's record; code derives new values, never edits it
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, **STRICT)
 
 
 class ComponentConfig(BaseModel):
     """`name:` picks the registered builder; every other key is one of its options."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, **STRICT)
     name: str
 
     def options(self) -> dict[str, Any]:
@@ -107,7 +116,7 @@ class LoggingConfig(_Section):
 
 class ExperimentConfig(_Section):
     name: RunName = Field(description="run folder: <checkpoint.dir>/<name>/")
-    seed: int = 0
+    seed: Seed = Field(0, description=f"seeds every random generator; 0 to {MAX_SEED}")
     imports: list[str] = Field(default_factory=list, description="modules imported first; they may register components")
     model: ComponentConfig
     data: DataConfig

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from trainkit import plugins
 from trainkit.config._overrides import apply_overrides
 from trainkit.config._sections import ComponentConfig, DataConfig, ExperimentConfig
+from trainkit.config._strict import hint_from_default, strict_hint
 from trainkit.config._yaml import KeyPath, read_yaml_file
 from trainkit.errors import ConfigError
 from trainkit.registry import REGISTRIES, Registry, did_you_mean
@@ -105,13 +106,25 @@ def _fields_at(path: KeyPath) -> list[str] | None:
     return list(model.model_fields)
 
 
+_OPTION_MODELS: dict[tuple[str, str, Any], type[BaseModel]] = {}
+
+
 def options_model(registry: Registry, name: str) -> type[BaseModel]:
-    """A pydantic model of the builder's options, from its signature and type hints."""
+    """A pydantic model of the builder's options, from its signature and type hints (made
+    once per builder: building it reads type hints and compiles validators)."""
+    key = (registry.kind, name, registry.get(name).builder)
+    if key not in _OPTION_MODELS:
+        _OPTION_MODELS[key] = _options_model(registry, name)
+    return _OPTION_MODELS[key]
+
+
+def _options_model(registry: Registry, name: str) -> type[BaseModel]:
     hints = registry.type_hints(name)
     fields: dict[str, Any] = {}
     for pname, param in registry.options(name).items():
         default = ... if param.default is param.empty else param.default
-        fields[pname] = (hints.get(pname, Any), default)
+        hint = strict_hint(hints[pname]) if pname in hints else hint_from_default(param.default)
+        fields[pname] = (hint, default)
     config = ConfigDict(extra="allow" if registry.accepts_any_option(name) else "forbid", arbitrary_types_allowed=True)
     try:
         return create_model(f"{registry.kind}_{name}_options", __config__=config, **fields)

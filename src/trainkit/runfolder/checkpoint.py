@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from trainkit import inputfiles
 from trainkit.errors import CheckpointError, CheckpointNotFoundError, NewerCheckpointError, UnsafeCheckpointError
 from trainkit.runfolder.fileio import atomic_write
 
@@ -42,6 +43,7 @@ class Checkpoint:
     is_best: bool = False  # this checkpoint is the run's best so far (best.pt links to it)
     state: dict[str, Any] = field(default_factory=dict)  # the loop's TrainState
     rng: list[Any] = field(default_factory=list)  # one entry per process (rank order)
+    rank_losses: list[Any] = field(default_factory=list)  # each process's batch losses of the epoch so far
     world_size: int = 1
     data_info: dict[str, Any] | None = None  # the data set's DatasetInfo, for predict / export
     data_record: dict[str, Any] | None = None  # DataBundle.record: rebuilds the data exactly (split, index)
@@ -84,6 +86,8 @@ class Checkpoint:
                 problems.append(f"'{spec.name}' is {type(value).__name__}, expected {_describe(expected)}")
         if isinstance(self.model, dict) and not all(isinstance(k, str) for k in self.model):
             problems.append("'model' has keys that are not parameter names")
+        if isinstance(self.plugins, (list, tuple)) and not all(isinstance(m, str) for m in self.plugins):
+            problems.append("'plugins' has entries that are not module names")
         for name in ("epoch", "step", "metrics_offset"):
             value = getattr(self, name)
             if _is_instance(value, int) and value < 0:
@@ -112,6 +116,7 @@ _EXPECTED: dict[str, tuple[type, ...]] = {
     "is_best": (bool,),
     "state": (dict,),
     "rng": (list, tuple),
+    "rank_losses": (list, tuple),
     "world_size": (int,),
     "data_info": (dict, type(None)),
     "data_record": (dict, type(None)),
@@ -141,6 +146,7 @@ def _migrate(values: dict[str, Any], version: int) -> dict[str, Any]:
     """
     if version < 2:  # format 2 added the data set's record; format-1 data sets had none
         values.setdefault("data_record", None)
+        values.setdefault("rank_losses", [])  # and each rank's epoch losses (before: rank 0's in `state`)
     values["format_version"] = FORMAT_VERSION
     return values
 
@@ -174,12 +180,18 @@ def _unreadable(path: Path, exc: Exception) -> CheckpointError:
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a trainkit checkpoint with weights_only=True, or say precisely why not."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        raise CheckpointNotFoundError(f"{path} is a folder; give a checkpoint file (for resume, a run folder works)")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        file = inputfiles.open_regular(path)  # never blocks: a named pipe or /dev/zero is refused first
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}") from None
+    except inputfiles.NotAFile as exc:
+        hint = " (for resume, a run folder works)" if exc.kind == "a folder" else ""
+        raise CheckpointNotFoundError(f"{path} {exc.strerror}; give a checkpoint file{hint}") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {inputfiles.describe(exc)}") from None
+    try:
+        with file:
+            raw = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's weights-only unpickler names the global it refused ("... GLOBAL posix.system ...")
         refused = re.search(r"GLOBAL ([\w.]+)", str(exc))

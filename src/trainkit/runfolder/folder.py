@@ -15,6 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
+from trainkit import inputfiles
 from trainkit.errors import CheckpointError, CheckpointNotFoundError, NewerCheckpointError, UnsafeCheckpointError
 from trainkit.runfolder import layout
 from trainkit.runfolder.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -95,18 +96,18 @@ class RunFolder:
         """Checkpoints newest first: the pointer's, then step files by step, then last.pt."""
         order: list[Path] = []
         try:
-            named = json.loads(self.pointer.read_text()).get("checkpoint")
+            named = json.loads(inputfiles.read_capped(self.pointer, 1 << 16)).get("checkpoint")
             if isinstance(named, str) and layout.STEP_FILE.match(named):
                 order.append(self.path / named)
         except (OSError, ValueError, AttributeError):
-            pass
+            pass  # no pointer, or a damaged one: the step files tell the same story
         steps = [p for _, p in reversed(self.step_files())]
         if order and steps and steps[0] != order[0]:
             order = steps[:1] + order  # a save finished its file but was killed before the pointer
         order += steps + [self.last]
         unique: list[Path] = []
         for p in order:
-            if p.exists() and p not in unique:
+            if p.exists() and p not in unique:  # a folder or a pipe named *.pt is refused when loaded
                 unique.append(p)
         return unique
 
@@ -144,6 +145,18 @@ class RunFolder:
         return steps[-1][0] if steps else None
 
 
+def check_writable_folder(path: Path) -> None:
+    """A CheckpointError if the run folder `path` cannot be created or written to: checked
+    before a run starts, so a bad checkpoint.dir fails at once, not after the first epoch."""
+    probe = path
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise CheckpointError(f"cannot create run folder {path}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise CheckpointError(f"cannot create run folder {path}: {probe} is not writable")
+
+
 def checkpoint_file(path: str | Path) -> Path:
     """A checkpoint file as given, or a run folder's best.pt (its last.pt when there is no best)."""
     path = Path(path)
@@ -158,7 +171,7 @@ def checkpoint_file(path: str | Path) -> Path:
 def open_for_resume(path: str | Path) -> tuple[Path, Checkpoint, list[Path]]:
     """A run folder (its newest good checkpoint) or one checkpoint file."""
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not os.path.lexists(path):  # a symlink loop is there: load_checkpoint says so
         raise CheckpointNotFoundError(f"no such run folder or checkpoint: {path}")
     if path.is_dir():
         return RunFolder(path).load_latest()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +142,14 @@ def load_exported(path: str | Path, fmt: str) -> Any:
         return torch.jit.load(str(path))
 
 
-def export(checkpoint: str | Path, output: str | Path, fmt: str = "export") -> dict[str, Any]:
+def export(
+    checkpoint: str | Path,
+    output: str | Path,
+    fmt: str = "export",
+    *,
+    imports: Sequence[str] = (),
+    trust_plugins: bool = False,
+) -> dict[str, Any]:
     """Write the checkpoint's model (normalisation included) to `output`; returns a summary."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
@@ -150,7 +158,7 @@ def export(checkpoint: str | Path, output: str | Path, fmt: str = "export") -> d
         raise UsageError(f"{output} is a folder; give the file to write, e.g. -o model.pt2")
     if not output.parent.is_dir():
         raise UsageError(f"folder does not exist: {output.parent}")
-    model, info, cfg, source = load_trained_model(checkpoint)
+    model, info, cfg, source = load_trained_model(checkpoint, imports=imports, trust_plugins=trust_plugins)
     module, input_desc = deployable(model, info)
     example = torch.rand(2, *info.input_shape)  # batch of 2, so the batch size is not fixed at 1
     try:

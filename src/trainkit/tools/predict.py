@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from trainkit.errors import UsageError
+from trainkit import inputfiles
+from trainkit.errors import UsageError, one_line
 from trainkit.training.batches import Batches
 from trainkit.training.data import DatasetInfo, TensorSplit
 from trainkit.training.restore import load_trained_model
@@ -31,12 +32,15 @@ def read_image(path: str | Path, shape: tuple[int, ...], invert: bool = False) -
     if channels not in (1, 3):
         raise UsageError(f"the model takes {channels}-channel images; predict reads 1 (grey) or 3 (RGB) channels")
     try:
-        with Image.open(path) as image:
+        with inputfiles.open_regular(path) as file, Image.open(file) as image:  # a named pipe would block open()
             image = image.convert("L" if channels == 1 else "RGB")
     except FileNotFoundError:
         raise UsageError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UsageError(f"cannot read image {path}: {exc}") from None
+    except inputfiles.NotAFile as exc:
+        raise UsageError(f"{path} {exc.strerror}; give an image file") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
+        reason = inputfiles.describe(exc) if isinstance(exc, OSError) and exc.errno else one_line(exc)
+        raise UsageError(f"cannot read image {path}: {reason}") from None
     if image.size != (width, height):  # other sizes are resized whole (no cropping)
         image = image.resize((width, height), Image.Resampling.BILINEAR)
     pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
@@ -52,14 +56,20 @@ def model_inputs(pixels: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
 
 
 def predict(
-    checkpoint: str | Path, images: Sequence[str | Path], top_k: int = 3, invert: bool = False
+    checkpoint: str | Path,
+    images: Sequence[str | Path],
+    top_k: int = 3,
+    invert: bool = False,
+    *,
+    imports: Sequence[str] = (),
+    trust_plugins: bool = False,
 ) -> list[dict[str, Any]]:
     """Top-k classes with probabilities for each image, in the order given."""
     if not images:
         raise UsageError("give at least one image file")
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
-    model, info, _, source = load_trained_model(checkpoint)
+    model, info, _, source = load_trained_model(checkpoint, imports=imports, trust_plugins=trust_plugins)
     if info.task != "classification" or not info.num_classes:
         raise UsageError(f"{source} is a {info.task} model; predict classifies images")
     if len(info.input_shape) != 3:

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from trainkit.errors import ConfigError, TrainingInterrupted
+from trainkit.training import parentwatch
 
 
 @dataclass
@@ -79,6 +80,8 @@ def from_env(device_preference: str) -> DistContext:
     if world_size <= 1:
         return DistContext()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun's launcher: stop if it dies
+        parentwatch.stop_when_parent_dies()
     use_cuda = device_preference.startswith("cuda") or (device_preference == "auto" and torch.cuda.is_available())
     if use_cuda:
         if not torch.cuda.is_available():
@@ -89,6 +92,28 @@ def from_env(device_preference: str) -> DistContext:
         # bounds a hang that nothing else would end.
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=10))
     return DistContext(rank, world_size, local_rank)
+
+
+def check_launch(preference: str, nproc: int) -> None:
+    """Before `nproc` processes start on this machine: is the device there for each of them?
+    (Each CUDA process takes the device of its LOCAL_RANK.)"""
+    if nproc <= 1 and preference == "auto":
+        return
+    wants_cuda = preference.startswith("cuda")
+    if wants_cuda and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.device: '{preference}' was asked for, but this machine has no CUDA "
+            f"device (torch {torch.__version__}); use --device cpu or trainer.device=auto"
+        )
+    if nproc > 1 and (wants_cuda or (preference == "auto" and torch.cuda.is_available())):
+        count = torch.cuda.device_count()
+        if nproc > count:
+            raise ConfigError(
+                f"--nproc {nproc}: each process trains on its own CUDA device and this machine has {count}; "
+                f"use --nproc {count} or fewer (or --device cpu)"
+            )
+    if nproc > 1 and preference == "mps":
+        raise ConfigError("trainer.device: 'mps' runs in one process; drop --nproc or use --device cpu")
 
 
 def resolve_device(preference: str, ctx: DistContext) -> torch.device:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +17,10 @@ import torch
 
 from trainkit import plugins
 from trainkit.config import ExperimentConfig, resolve
-from trainkit.errors import CheckpointError
+from trainkit.errors import CheckpointError, one_line
 from trainkit.runfolder.checkpoint import Checkpoint, load_checkpoint
 from trainkit.runfolder.folder import checkpoint_file
-from trainkit.training import rng
+from trainkit.training import rng, statecheck
 from trainkit.training.build import build_model
 from trainkit.training.data import DatasetInfo
 from trainkit.training.loop import Run, TrainState
@@ -82,14 +84,30 @@ def restore_training(
 ) -> TrainState:
     """Model, optimizer, scheduler, scaler and RNG from a checkpoint; returns the loop state."""
     load_model_state(module, checkpoint.model, source)
+    # what a fresh run has, to compare the loaded hyper-parameters with (statecheck.py)
+    fresh_groups = run.optimizer.state_dict()["param_groups"]
+    fresh_scheduler = run.scheduler.state_dict() if run.scheduler is not None else None
+    fresh_scaler = run.scaler.state_dict() if run.scaler is not None else None
+    before = list(statecheck.param_state_problems(run.optimizer, checkpoint.optimizer))
+    if before:
+        raise CheckpointError(f"{source}: optimizer or scheduler state does not fit this run: {_some(before)}")
     try:
         run.optimizer.load_state_dict(checkpoint.optimizer or {})
         if run.scheduler is not None and checkpoint.scheduler is not None:
             run.scheduler.load_state_dict(checkpoint.scheduler)
         if run.scaler is not None and checkpoint.scaler:
             run.scaler.load_state_dict(checkpoint.scaler)
-    except (ValueError, KeyError, RuntimeError, TypeError, IndexError) as exc:
-        raise CheckpointError(f"{source}: optimizer or scheduler state does not fit this run ({exc})") from None
+    except (ValueError, KeyError, RuntimeError, TypeError, IndexError, AttributeError) as exc:
+        first = one_line(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        raise CheckpointError(f"{source}: optimizer or scheduler state does not fit this run ({first})") from None
+    problems = list(statecheck.same_kinds(fresh_groups, run.optimizer.state_dict()["param_groups"], "param_groups"))
+    if fresh_scheduler is not None and checkpoint.scheduler is not None:
+        problems += statecheck.same_kinds(fresh_scheduler, checkpoint.scheduler, "scheduler", missing_ok=True)
+    if fresh_scaler is not None and checkpoint.scaler:
+        problems += statecheck.same_kinds(fresh_scaler, checkpoint.scaler, "scaler", missing_ok=True)
+    problems += statecheck.param_state_problems(run.optimizer)
+    if problems:
+        raise CheckpointError(f"{source}: optimizer or scheduler state does not fit this run: {_some(problems)}")
     state = train_state(checkpoint, source)
     saved_world = checkpoint.world_size
     ctx = run.dist
@@ -106,16 +124,30 @@ def restore_training(
             saved_world,
             ctx.world_size,
         )
+    if saved_world == ctx.world_size and ctx.rank < len(checkpoint.rank_losses):
+        own = checkpoint.rank_losses[ctx.rank]
+        if not (isinstance(own, list) and len(own) == len(state.epoch_losses) and all(_is_float(v) for v in own)):
+            raise CheckpointError(f"{source}: damaged loop state in the checkpoint (rank_losses)")
+        state.epoch_losses = [float(v) for v in own]
     states = checkpoint.rng
     if ctx.rank < len(states) and saved_world == ctx.world_size:
         try:
             rng.restore(states[ctx.rank], run.device)
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, OverflowError) as exc:
             raise CheckpointError(f"{source}: damaged random-generator state ({type(exc).__name__})") from None
     else:
         seed = (checkpoint.config or {}).get("seed", 0)
         rng.seed_everything(int(seed) + ctx.rank + state.step)
     return state
+
+
+def _some(problems: list[str]) -> str:
+    shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+    return one_line(shown)
+
+
+def _is_float(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def dataset_info(checkpoint: Checkpoint, source: Path) -> DatasetInfo:
@@ -124,6 +156,9 @@ def dataset_info(checkpoint: Checkpoint, source: Path) -> DatasetInfo:
         raise CheckpointError(f"{source}: has no data set description (data_info); it predates this trainkit")
     known = {f.name for f in dataclasses.fields(DatasetInfo)}
     values = {k: v for k, v in raw.items() if k in known}
+    problems = _info_problems(values)
+    if problems:
+        raise CheckpointError(f"{source}: damaged data set description (data_info): {'; '.join(problems[:3])}")
     for key in ("input_shape", "mean", "std", "feature_mean", "feature_std", "target_mean", "target_std"):
         if values.get(key) is not None:
             values[key] = tuple(values[key])
@@ -133,13 +168,62 @@ def dataset_info(checkpoint: Checkpoint, source: Path) -> DatasetInfo:
         raise CheckpointError(f"{source}: damaged data set description ({exc})") from None
 
 
-def load_trained_model(path: str | Path) -> tuple[torch.nn.Module, DatasetInfo, ExperimentConfig, Path]:
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _info_problems(values: dict[str, Any]) -> list[str]:
+    """What predict and export would trip over in a checkpoint's DatasetInfo."""
+    problems = []
+    if values.get("task") not in ("classification", "regression"):
+        problems.append(f"task is {values.get('task')!r}")
+    shape = values.get("input_shape")
+    if not (isinstance(shape, (list, tuple)) and shape and all(_count(d) for d in shape)):
+        problems.append(f"input_shape is {shape!r}, not a list of sizes")
+    for key in ("num_classes", "num_outputs"):
+        if values.get(key) is not None and not _count(values[key]):
+            problems.append(f"{key} is {values[key]!r}")
+    names = values.get("class_names")
+    if names is not None and not (
+        isinstance(names, list) and all(isinstance(n, str) for n in names) and len(names) == values.get("num_classes")
+    ):
+        problems.append("class_names is not one name per class")
+    if problems:
+        return problems  # statistics per channel mean nothing without a shape
+    channels = shape[0] if isinstance(shape, (list, tuple)) and shape else None
+    for key in ("mean", "std"):
+        stats = values.get(key)
+        if stats is not None and not (
+            isinstance(stats, (list, tuple))
+            and len(stats) == channels
+            and all(_is_float(v) and math.isfinite(v) and (key == "mean" or v > 0) for v in stats)
+        ):
+            problems.append(f"{key} is not one finite number per channel")
+    return problems
+
+
+def require_plugins(
+    checkpoint: Checkpoint, source: str | Path, imports: Sequence[str] = (), trust: bool = False
+) -> None:
+    """Import the modules a checkpoint names (its `plugins` and its config's `imports`), with
+    the user's leave only: `imports` they named (--import), or `trust` (see plugins.require).
+    Modules the user named are imported first, from the working folder too."""
+    plugins.import_user_modules(imports)
+    config_imports = (checkpoint.config or {}).get("imports")
+    named = list(checkpoint.plugins) + (list(config_imports) if isinstance(config_imports, list) else [])
+    plugins.require(named, f"checkpoint {source}", imports=imports, trust=trust)
+
+
+def load_trained_model(
+    path: str | Path, *, imports: Sequence[str] = (), trust_plugins: bool = False
+) -> tuple[torch.nn.Module, DatasetInfo, ExperimentConfig, Path]:
     """A checkpoint's model on the CPU in eval mode, with its data set info and config
-    (for predict and export: no data set is loaded)."""
+    (for predict and export: no data set is loaded). Plugin modules the checkpoint names are
+    imported only with the user's leave (`imports`, `trust_plugins`: see plugins.require)."""
     source = checkpoint_file(path)
     checkpoint = load_checkpoint(source)
     checkpoint.require("config", source=source, purpose="rebuild the model")
-    plugins.require(checkpoint.plugins, f"checkpoint {source}")
+    require_plugins(checkpoint, source, imports, trust_plugins)
     assert checkpoint.config is not None  # require() checked it
     cfg = resolve(checkpoint.config, REBUILD_OVERRIDES, source=str(source))
     info = dataset_info(checkpoint, source)

@@ -10,9 +10,11 @@ import torch
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch. Any integer works, so seeds derived from the config's
+    (seed + rank + step) stay valid: numpy takes 32 bits, torch 64."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # seeds every CUDA device too
+    torch.manual_seed(seed % 2**64)  # seeds every CUDA device too
 
 
 def capture(device: torch.device) -> dict[str, Any]:

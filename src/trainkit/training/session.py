@@ -51,6 +51,7 @@ def make_checkpoint(
     rng_states: list[Any],
     metrics_offset: int,
     is_best: bool,
+    rank_losses: list[list[float]] | None = None,
 ) -> Checkpoint:
     return Checkpoint(
         versions={"trainkit": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
@@ -66,6 +67,7 @@ def make_checkpoint(
         is_best=is_best,
         state=state.to_dict(),
         rng=rng_states,
+        rank_losses=rank_losses if rank_losses is not None else [list(state.epoch_losses)],
         world_size=run.dist.world_size,
         data_info=dataclasses.asdict(bundle.info),
         data_record=bundle.record,
@@ -123,14 +125,17 @@ class Session:
         finite = torch.stack([p.detach().isfinite().all() for p in self.module.parameters()]).all()
         if not bool(finite):
             raise NonFiniteLossError(state.epoch + (state.batch > 0), state.step, float("nan"), what="weights")
-        rng_states = self.ctx.gather(rng.capture(self.run.device))
+        # each rank's generators, and its own losses of the epoch so far (the epoch's mean is
+        # every rank's mean averaged: a resume needs each rank's, not rank 0's for all)
+        gathered = self.ctx.gather((rng.capture(self.run.device), list(state.epoch_losses)))
         if self.ctx.is_main:
-            assert self.runlog is not None and rng_states is not None  # rank 0 has both
+            assert self.runlog is not None and gathered is not None  # rank 0 has both
             offset = self.runlog.sync()
+            rng_states, rank_losses = [g[0] for g in gathered], [g[1] for g in gathered]
             if self.sink_stop is not None:  # the run ends here on purpose: resume must not continue it
                 state = dataclasses.replace(state, stopped_early=True)
             checkpoint = make_checkpoint(
-                self.cfg, self.run, self.module, self.bundle, state, rng_states, offset, is_best
+                self.cfg, self.run, self.module, self.bundle, state, rng_states, offset, is_best, rank_losses
             )
             path = self.folder.save(checkpoint, is_best)
             self._status("running", state)

@@ -6,6 +6,7 @@ attribute read, no device sync), so the model is never left half-updated.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -35,14 +36,21 @@ class StopRequest:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is None:
             self.signum = signum
-            print(
-                f"\n{signal.Signals(signum).name} received: finishing this step and saving a checkpoint...",
-                file=sys.stderr,
-                flush=True,
-            )
+            _say(f"\n{signal.Signals(signum).name} received: finishing this step and saving a checkpoint...")
         else:  # a second Ctrl-C while saving: the save is atomic, so just say we are on it
-            print("still saving the checkpoint; it will stop right after", file=sys.stderr, flush=True)
+            _say("still saving the checkpoint; it will stop right after")
 
     @property
     def requested(self) -> bool:
         return self.signum is not None
+
+
+def _say(text: str) -> None:
+    # Under torchrun every rank gets the signal; rank 0 speaks for them. The terminal may be
+    # gone (the signal came because the launcher died): saving the checkpoint matters more.
+    if os.environ.get("RANK", "0") != "0":
+        return
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
