@@ -454,22 +454,30 @@ def _probes(param: Any) -> list[tuple[str, Any]]:
     return [("low", param.low), ("high", param.high)]
 
 
+def _takes_whole_numbers(sweep: Sweep, key: str) -> bool:
+    """Whether the key holds an integer in the base config (as written or by default): a
+    float range there is a mistake (config types are strict, so 2.0 is not an epoch count)."""
+    try:
+        resolved = get_path(sweep.trial_config({}, "probe").to_dict(), key)
+    except ConfigError:
+        return False  # the base config's own problems are reported on their own
+    return isinstance(resolved, int) and not isinstance(resolved, bool)
+
+
 def _probe(sweep: Sweep, key: str, param: Any, problems: _Lines) -> None:
     """Each end of a range and each choice, on the base config: a bad bound is found now, not
     after hours of trials. A problem every value shares is the key's (no such option), said once."""
+    if isinstance(param, (UniformParam, LogUniformParam)) and _takes_whole_numbers(sweep, key):
+        problems.add(("params", key, "type"), f"{key} takes whole numbers; use type: int (or choice)")
+        return
     found: list[tuple[str, Any, list[str]]] = []
     for label, value in _probes(param):
         try:
-            cfg = sweep.trial_config({key: value}, "probe")
+            sweep.trial_config({key: value}, "probe")
         except ConfigError as exc:
             found.append((label, value, exc.problems))
             continue
         found.append((label, value, []))
-        if isinstance(param, (UniformParam, LogUniformParam)):
-            resolved = get_path(cfg.to_dict(), key)
-            if isinstance(resolved, int) and not isinstance(resolved, bool):
-                problems.add(("params", key, "type"), f"{key} takes whole numbers; use type: int (or choice)")
-                return
     shared = set.intersection(*(set(p) for _, _, p in found)) if len(found) > 1 else set()
     for problem in found[0][2]:
         if problem in shared:
