@@ -80,7 +80,9 @@ class Registry:
         """Decorator: `@MODELS.register("cnn")` (the name defaults to the function's).
 
         Keyword traits tell the loop what it needs to know, e.g. `@SCHEDULERS.register("cosine",
-        spans_run=True)` for a schedule planned over the whole run (such a run cannot be extended).
+        spans_run=True)` for a schedule planned over the whole run (such a run is extended with a
+        new schedule for the added epochs), or `@DATASETS.register("mnist", task="classification")`
+        so the metrics a run will record are known before the data set is built.
         """
 
         def decorator(builder: Callable) -> Callable:

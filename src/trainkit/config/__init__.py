@@ -4,6 +4,7 @@ This package never imports torch (a test keeps it so): `trainkit validate`, `ls`
 `schema` answer without it.
 """
 
+from trainkit.config._metrics import TASK_METRICS, check_metric_for_task, infer_mode
 from trainkit.config._overrides import apply_overrides, parse_override
 from trainkit.config._sections import (
     AugmentConfig,
@@ -13,6 +14,7 @@ from trainkit.config._sections import (
     EarlyStoppingConfig,
     ExperimentConfig,
     LoggingConfig,
+    SchedulerConfig,
     TrainerConfig,
 )
 from trainkit.config._validate import get_path, load_config, options_model, resolve
@@ -27,10 +29,14 @@ __all__ = [
     "ExperimentConfig",
     "KeyPath",
     "LoggingConfig",
+    "SchedulerConfig",
+    "TASK_METRICS",
     "TrainerConfig",
     "apply_overrides",
+    "check_metric_for_task",
     "dump_yaml",
     "get_path",
+    "infer_mode",
     "load_config",
     "options_model",
     "parse_override",
