@@ -119,6 +119,7 @@ class Events(Protocol):
     def save(self, state: TrainState, is_best: bool) -> None: ...
     def stop_requested(self, state: TrainState) -> bool: ...
     def progress(self, epoch: int, total: int, start: int) -> Any: ...
+    def eval_progress(self, total: int) -> Any: ...
 
 
 def fit(run: Run, state: TrainState, events: Events) -> TrainState:
@@ -126,7 +127,8 @@ def fit(run: Run, state: TrainState, events: Events) -> TrainState:
     while state.epoch < run.epochs and not state.stopped_early:
         started = time.time()
         train_loss = train_one_epoch(run, state, events)
-        metrics = evaluate(run.eval_model, run.eval_batches, run.task, run.device, run.dist, run.precision)
+        bar = events.eval_progress(len(run.eval_batches))
+        metrics = evaluate(run.eval_model, run.eval_batches, run.task, run.device, run.dist, run.precision, bar)
         record = {
             "type": "epoch",
             "epoch": state.epoch + 1,
@@ -261,8 +263,11 @@ def evaluate(
     device: torch.device,
     dist: DistContext | None = None,
     precision: str = "fp32",
+    bar: Any = None,
 ) -> dict[str, float]:
-    """Loss and accuracy (classification) or MSE and MAE (regression) over every sample, all ranks."""
+    """Loss and accuracy (classification) or MSE and MAE (regression) over every sample, all ranks.
+
+    `bar` (a tqdm bar or None) advances once per batch, without reading the device."""
     dist = dist or DistContext()
     was_training = model.training
     model.eval()
@@ -281,6 +286,10 @@ def evaluate(
             sums[1] += (out - target).abs().sum()
             outputs = out[0].numel()
         counts[1] += len(y)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     dist.all_reduce_sum(sums)
     dist.all_reduce_sum(counts)
     model.train(was_training)
