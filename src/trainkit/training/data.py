@@ -23,6 +23,9 @@ class DatasetInfo:
     class_names: list[str] | None = None
     mean: tuple[float, ...] | None = None  # per channel, of uint8 pixels scaled to [0, 1]
     std: tuple[float, ...] | None = None
+    # mean of the images' one-pixel border, scaled to [0, 1] (MNIST: about 0, dark): lets
+    # `trainkit predict` notice a photo whose background is the other way round
+    border: float | None = None
 
     def __post_init__(self) -> None:
         if self.task == "classification" and self.num_classes:
@@ -41,6 +44,12 @@ class TensorSplit:
 
     def to(self, device: torch.device) -> TensorSplit:
         return TensorSplit(self.inputs.to(device), self.targets.to(device))
+
+
+def border_mean(images: torch.Tensor) -> float:
+    """Mean of the one-pixel frame of uint8 images (..., H, W), in [0, 1]."""
+    frame = torch.cat([images[..., 0, :], images[..., -1, :], images[..., 1:-1, 0], images[..., 1:-1, -1]], dim=-1)
+    return frame.float().mean().item() / 255
 
 
 @dataclass
