@@ -57,6 +57,15 @@ def test_optimizer_overrides_on_resume_are_what_the_optimizer_uses_and_records(t
     assert all(lr == 0.01 for step, lr in lrs.items() if step > 6) and max(lrs) == 12
 
 
+def test_momentum_can_be_turned_on_where_the_optimizer_starts_its_buffers_itself(tmp_path):
+    config = tiny_config(tmp_path, optimizer={"name": "sgd", "lr": 0.05}, trainer={"epochs": 1})
+    run = Path(trainkit.train(config, quiet=True)["run_dir"])
+    trainkit.resume(run, ["optimizer.momentum=0.9", "trainer.epochs=2"], quiet=True)
+    ckpt = load_ckpt(run / "last.pt")
+    assert _hyperparameters(ckpt)[0]["momentum"] == 0.9
+    assert all("momentum_buffer" in state for state in ckpt["optimizer"]["state"].values())
+
+
 def test_a_resume_without_changes_writes_no_change_record(tmp_path):
     run = Path(trainkit.train(tiny_config(tmp_path, trainer={"epochs": 1}), quiet=True)["run_dir"])
     trainkit.resume(run, ["trainer.epochs=2"], quiet=True)
@@ -118,8 +127,8 @@ def test_scheduler_option_overrides_on_resume_are_applied(tmp_path):
     [
         (
             "optimizer.amsgrad=true",
-            "optimizer.amsgrad: changes the state optimizer 'adam' keeps for each parameter (max_exp_avg_sq), "
-            "which the checkpoint does not hold; start a new run instead",
+            "optimizer.amsgrad: optimizer 'adam' would need per-parameter state the checkpoint does not hold "
+            "(max_exp_avg_sq); start a new run instead",
         ),
         (
             "trainer.limit_batches=2",

@@ -127,16 +127,27 @@ def test_a_run_stopped_in_its_first_epoch_spreads_its_steps_over_that_epoch(tmp_
 
 
 def test_a_one_epoch_run_has_an_epoch_axis_and_accuracy_within_0_and_1(tmp_path):
+    """The report's case: one MNIST epoch of 938 steps ending at 98.1% accuracy."""
+    import json
+
     from trainkit.tools.plot import make_figure
 
-    run = train_tiny(tmp_path, ["trainer.epochs=1"])["run_dir"]
+    run = tmp_path / "one_epoch"
+    run.mkdir()
+    records = [{"type": "train", "epoch": 1, "step": s, "loss": 2.3 / s**0.5, "lr": 0.01} for s in range(50, 938, 50)]
+    records.append(
+        {"type": "epoch", "epoch": 1, "step": 938, "train_loss": 0.3, "val_loss": 0.06, "val_accuracy": 0.9812}
+    )
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     axes = _axes(make_figure([run]))
     assert list(axes) == ["loss", "validation accuracy"]
     for ax in axes.values():
         assert ax.get_xlim() == (0.0, 1.0)
         assert [t for t in ax.get_xticks() if 0 <= t <= 1] == [0.0, 1.0]  # whole epochs
+    train_x = axes["loss"].get_lines()[0].get_xdata()
+    assert list(train_x) == pytest.approx([s / 938 for s in range(50, 938, 50)])
     low, high = axes["validation accuracy"].get_ylim()
-    assert 0.0 <= low < high <= 1.0
+    assert 0.0 <= low < 0.9812 < high <= 1.0
 
 
 def test_classification_and_regression_runs_get_an_axis_per_metric(tmp_path):
