@@ -119,6 +119,20 @@ def test_a_run_that_stopped_early_says_why_and_how_to_train_on(cli, tmp_path):
     assert load_ckpt(run / "last.pt")["epoch"] == 4  # it trained the epochs it had left
 
 
+def test_a_run_that_stopped_early_at_its_last_epoch_is_told_both(cli, tmp_path):
+    stop = {"metric": "val_loss", "patience": 1, "min_delta": 10.0}  # stops after epoch 2, its last
+    config = write_config(tmp_path / "c.yaml", tiny_config(tmp_path, trainer={"epochs": 2, "early_stopping": stop}))
+    trainkit.train(str(config), quiet=True)
+    run = tmp_path / "ckpt" / "tiny"
+    code, out, _ = cli("resume", run)
+    assert code == 0 and out.rstrip().endswith(f"trainkit resume {run} trainer.early_stopping=null trainer.epochs=N")
+    code, _, err = cli("train", config, "-q")
+    assert f"`trainkit resume {run} trainer.early_stopping=null trainer.epochs=N`" in err
+    code, _, err = _follow(cli, out.strip(), 3)
+    assert code == 0, err
+    assert load_ckpt(run / "last.pt")["epoch"] == 3
+
+
 def test_a_folder_without_a_checkpoint_suggests_no_resume(cli, tmp_path):
     config = write_config(tmp_path / "c.yaml", tiny_config(tmp_path))
     run = tmp_path / "ckpt" / "tiny"

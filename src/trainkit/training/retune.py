@@ -121,7 +121,8 @@ def existing_run(folder: RunFolder) -> RunExistsError:
             scheduler = get_path(read_yaml_file(folder.config)[0] or {}, "scheduler.name")
         except TrainkitError:  # a damaged config.yaml: resume reads the checkpoint's own config
             scheduler = None
-        more = train_more(run, scheduler, bool(status.get("stopped_early")))
+        done = not isinstance(status.get("epoch"), int) or status.get("epoch") == status.get("epochs")
+        more = train_more(run, scheduler, bool(status.get("stopped_early")), done)
         return RunExistsError(run, "a complete run", f"to train it longer: `{more}`")
     return RunExistsError(run, "a run", f"continue it with `trainkit resume {run}`")
 
@@ -198,12 +199,14 @@ def plan_resume(
     return plan
 
 
-def train_more(run: str, scheduler: str | None, stopped: bool) -> str:
-    """The command that trains a finished run further (a new schedule for one planned over the
-    whole run, no early stopping for one that stopped early)."""
-    if stopped:
-        return f"trainkit resume {run} trainer.early_stopping=null"
-    return f"trainkit resume {run} trainer.epochs=N" + (f" scheduler.name={scheduler}" if _spans_run(scheduler) else "")
+def train_more(run: str, scheduler: Any, stopped: bool, epochs_done: bool = True) -> str:
+    """The command that trains a finished run further: no early stopping for one that stopped
+    early, more epochs for one that trained all of its own (with a new schedule for them when
+    its schedule was planned over the whole run)."""
+    command = f"trainkit resume {run}" + (" trainer.early_stopping=null" if stopped else "")
+    if epochs_done:
+        command += " trainer.epochs=N" + (f" scheduler.name={scheduler}" if _spans_run(scheduler) else "")
+    return command
 
 
 def _complete(plan: ResumePlan, saved: dict[str, Any], position: TrainState, run: str) -> str | None:
@@ -213,7 +216,7 @@ def _complete(plan: ResumePlan, saved: dict[str, Any], position: TrainState, run
     if stopped_early(saved, cfg, position):
         stop = early_stop(cfg, position)
         why = f"stopped early: {describe_early_stop(stop)}" if stop else "stopped early"
-        return f"({why}); to train on: {train_more(run, name, True)}"
+        return f"({why}); to train on: {train_more(run, name, True, position.epoch >= cfg.trainer.epochs)}"
     if position.epoch < cfg.trainer.epochs:
         return None
     return f"({position.epoch}/{cfg.trainer.epochs} epochs); to train longer: {train_more(run, name, False)}"
