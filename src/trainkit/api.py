@@ -31,22 +31,20 @@ from trainkit.training.loop import TrainState
 from trainkit.training.loop import evaluate as evaluate_model
 from trainkit.training.progress import Reporter
 from trainkit.training.restore import load_model_state, restore_training, train_state
-from trainkit.training.retune import (
-    apply_changes,
-    change_record,
+from trainkit.training.resume_plan import (
     check_new_run,
     continue_early_stopping,
-    describe_changes,
     existing_run,
     plan_resume,
     resume_base,
 )
+from trainkit.training.retune import apply_changes, change_record, describe_changes
 from trainkit.training.session import Session, Sink, run_summary
 from trainkit.training.startline import start_line
 
 # What a resumed or evaluated run may not change: it would no longer be the same run.
 FROZEN = ("name", "seed", "model", "data", "optimizer.name", "scheduler.name", "trainer.accumulate_grad_batches")
-# A resume may give the run a new schedule (retune.py checks and records it).
+# A resume may give the run a new schedule (resume_plan.py checks and records it).
 RESUME_FROZEN = tuple(key for key in FROZEN if key != "scheduler.name")
 CHANGEABLE = {"data.root", "data.download", "data.eval_batch_size"}
 
@@ -172,7 +170,7 @@ def resume(
     """Continue a run from its folder (newest good checkpoint) or from one checkpoint file.
 
     Overrides of the optimizer's options or the schedule apply from the next step on (see
-    training/retune.py); a run with nothing left to train returns at once with
+    training/resume_plan.py, retune.py); a run with nothing left to train returns at once with
     `already_complete` True and a `message` saying how to train it longer."""
     source, checkpoint, skipped = open_for_resume(path)
     folder = RunFolder(source.parent)
