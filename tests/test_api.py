@@ -22,6 +22,8 @@ TRAIN_KEYS = {
     "best_epoch",
     "monitor",
     "stopped_early",
+    "early_stop",
+    "already_complete",
     "final",
     "history",
     "last_checkpoint",
@@ -99,11 +101,10 @@ def test_regression_results(tmp_path):
 
 def test_errors_are_trainkit_errors_with_exit_codes(trained):
     base, result = trained
-    with pytest.raises(RunExistsError, match="already holds a run") as exc:
+    with pytest.raises(RunExistsError, match="already holds a complete run") as exc:
         trainkit.train(tiny_config(base), quiet=True)
     assert exc.value.exit_code == 2
-    with pytest.raises(UsageError, match="already complete"):
-        trainkit.resume(result["run_dir"], quiet=True)
+    assert trainkit.resume(result["run_dir"], quiet=True)["already_complete"] is True
     with pytest.raises(UsageError, match="split must be 'test' or 'train'"):
         trainkit.evaluate(result["best_checkpoint"], "val")
     with pytest.raises(TrainkitError, match="checkpoint not found"):

@@ -60,7 +60,7 @@ def test_training_into_an_existing_run_is_refused_then_overwritten_on_request(cl
     code, _, err = cli("train", config_file, "-q")
     assert code == 2
     assert err == (
-        f"error: {run} already holds a run; continue it with `trainkit resume {run}`, "
+        f"error: {run} already holds a complete run; to train it longer: `trainkit resume {run} trainer.epochs=N`, "
         "choose another name (name=...), or pass --overwrite to replace it\n"
     )
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
@@ -77,15 +77,12 @@ def test_overwrite_with_a_bad_config_keeps_the_old_run(cli, tmp_path, config_fil
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
-def test_resume_of_a_complete_run_says_how_to_extend_it(cli, tmp_path, config_file):
+def test_resume_of_a_complete_run_says_so_and_how_to_extend_it(cli, tmp_path, config_file):
     cli("train", config_file, "-q")
     run = tmp_path / "ckpt" / "tiny"
-    code, _, err = cli("resume", run)
-    assert code == 2
-    assert (
-        err
-        == f"error: {run} is already complete (2/2 epochs); to train longer: trainkit resume {run} trainer.epochs=N\n"
-    )
+    code, out, err = cli("resume", run)
+    assert code == 0 and err == ""
+    assert out == f"{run} is already complete (2/2 epochs); to train longer: trainkit resume {run} trainer.epochs=N\n"
 
 
 def test_resume_and_eval_cannot_change_what_the_run_is(cli, tmp_path, config_file):

@@ -82,9 +82,17 @@ def test_piped_output_has_no_bars_and_no_colour(config_path):
         assert not ANSI.search(stream), repr(stream[:300])
         assert "\r" not in stream and "batch/s" not in stream  # no tqdm bar
     lines = run.stderr.splitlines()
-    assert lines[0].startswith("host memory: freed blocks kept for reuse")  # the CLI's CPU speed-up, said once
-    assert lines[1].startswith("epoch 1/2: train_loss ")
-    assert "trained 2 epochs, 12 steps; best val_accuracy" in run.stdout.splitlines()[-1]
+    # one start line (with the CLI's CPU speed-up, said once), then one line per epoch
+    assert lines[0] == (
+        "training tiny on cpu: cnn (932 parameters), synthetic_images (96 train / 40 test), batch 16, 2 epochs; "
+        "host memory: freed blocks kept for reuse (trainer.host_memory=default leaves malloc as it is)"
+    )
+    assert len(lines) == 3
+    assert lines[1].startswith("epoch 1/2: train_loss ") and lines[2].startswith("epoch 2/2: train_loss ")
+    # the result line alone on stdout: the epochs are not repeated as a table
+    (result,) = run.stdout.splitlines()
+    assert result.startswith("trained 2 epochs, 12 steps; best val_accuracy")
+    assert all(line == line.rstrip() for line in lines + [result])  # no trailing spaces
 
 
 def test_quiet_leaves_only_the_result_line(config_path):
@@ -128,6 +136,8 @@ def test_no_color_in_a_terminal_gives_no_escape_codes(config_path, tmp_path):
     # In a terminal, bars and styles are on; the check below would see them.
     shown = _in_terminal(["train", config_path, "--overwrite"], {}, tmp_path)
     assert "batch/s" in shown and ANSI.search(shown)
+    assert "validating" in shown  # a bar while the validation set is evaluated
+    assert shown.count("epoch 2/2: train_loss") == 1 and "epoch time s" not in shown  # epoch lines, no table
     # NO_COLOR=1: the same run, not one escape code and no bar.
     plain = _in_terminal(["train", config_path, "--overwrite"], {"NO_COLOR": "1"}, tmp_path)
     assert not ANSI.search(plain), repr(ANSI.findall(plain)[:5])

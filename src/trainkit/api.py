@@ -20,8 +20,7 @@ import torch
 
 from trainkit import plugins
 from trainkit.config import ExperimentConfig, dump_yaml, get_path, load_config, resolve
-from trainkit.errors import CheckpointError, ConfigError, OutOfMemoryError, RunExistsError, UsageError
-from trainkit.registry import SCHEDULERS
+from trainkit.errors import CheckpointError, ConfigError, OutOfMemoryError, UsageError
 from trainkit.runfolder.checkpoint import Checkpoint, load_checkpoint
 from trainkit.runfolder.fileio import atomic_write_text
 from trainkit.runfolder.folder import RunFolder, check_writable_folder, checkpoint_file, open_for_resume
@@ -32,10 +31,21 @@ from trainkit.training.loop import TrainState
 from trainkit.training.loop import evaluate as evaluate_model
 from trainkit.training.progress import Reporter
 from trainkit.training.restore import load_model_state, require_plugins, restore_training, train_state
-from trainkit.training.session import Session, Sink
+from trainkit.training.resume_plan import (
+    check_new_run,
+    continue_early_stopping,
+    existing_run,
+    plan_resume,
+    resume_base,
+)
+from trainkit.training.retune import apply_changes, change_record, describe_changes
+from trainkit.training.session import Session, Sink, run_summary
+from trainkit.training.startline import start_line
 
 # What a resumed or evaluated run may not change: it would no longer be the same run.
 FROZEN = ("name", "seed", "model", "data", "optimizer.name", "scheduler.name", "trainer.accumulate_grad_batches")
+# A resume may give the run a new schedule (resume_plan.py checks and records it).
+RESUME_FROZEN = tuple(key for key in FROZEN if key != "scheduler.name")
 CHANGEABLE = {"data.root", "data.download", "data.eval_batch_size", "data.path", "data.test_path"}
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -62,18 +72,25 @@ def _with_device(overrides: list[str] | tuple[str, ...], device: str | None) -> 
     return list(overrides) + ([f"trainer.device={device}"] if device else [])
 
 
-def _load(config: str | Path | dict | ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+def _device_label(device: str | None) -> dict[str, str]:
+    """Messages name the `device=` argument, not an override the user never typed."""
+    return {f"trainer.device={device}": f"device={device!r}"} if device else {}
+
+
+def _load(
+    config: str | Path | dict | ExperimentConfig, overrides: list[str], labels: dict[str, str] | None = None
+) -> ExperimentConfig:
     if isinstance(config, ExperimentConfig):
         config = config.to_dict()
     if isinstance(config, dict):
-        return resolve(config, overrides, source="config")
-    return load_config(config, overrides)
+        return resolve(config, overrides, source="config", labels=labels)
+    return load_config(config, overrides, labels=labels)
 
 
-def _check_frozen(saved: dict[str, Any], cfg: ExperimentConfig, source: Path) -> None:
+def _check_frozen(saved: dict[str, Any], cfg: ExperimentConfig, source: Path, frozen: tuple[str, ...] = FROZEN) -> None:
     new = cfg.to_dict()
     changed = []
-    for key in FROZEN:
+    for key in frozen:
         old_value, new_value = get_path(saved, key), get_path(new, key)
         if isinstance(old_value, dict) and isinstance(new_value, dict):
             keys = set(old_value) | set(new_value)
@@ -130,13 +147,11 @@ def train(
     own `imports:`. `dry_run`: check what training would need (config, run folder, device)
     and return {"run_dir", "config"} without training."""
     plugins.import_user_modules(imports)
-    cfg = _load(config, _with_device(overrides, device))
+    cfg = _load(config, _with_device(overrides, device), _device_label(device))
+    check_new_run(cfg)
     folder = RunFolder(cfg.run_dir, cfg.checkpoint.keep_last)
     if folder.holds_run() and not overwrite:
-        raise RunExistsError(
-            f"{folder.path} already holds a run; continue it with `trainkit resume {folder.path}`, "
-            "choose another name (name=...), or pass --overwrite to replace it"
-        )
+        raise existing_run(folder)
     check_writable_folder(folder.path)
     if dry_run:
         return {"run_dir": str(folder.path), "config": cfg.to_dict()}
@@ -149,9 +164,7 @@ def train(
             runlog = RunLog(folder.path, tensorboard=cfg.logging.tensorboard)
         ctx.barrier()
         reporter = Reporter(quiet, enabled=ctx.is_main)
-        if ctx.enabled:
-            batch = cfg.data.batch_size
-            reporter.message(f"{ctx.world_size} processes x batch {batch} = effective batch {ctx.world_size * batch}")
+        reporter.message(start_line(cfg, built.device, built.module, built.bundle, ctx))
         session = Session(cfg, built.run, built.module, built.bundle, folder, runlog, reporter, sinks)
         return session.fit(TrainState())
 
@@ -171,8 +184,11 @@ def resume(
     """Continue a run from its folder (newest good checkpoint) or from one checkpoint file.
 
     Plugin modules the checkpoint names are imported only with your leave: `imports`
-    (modules you name) or `trust_plugins=True` (see trainkit.plugins.require). `dry_run`:
-    check everything resuming needs and return {"run_dir", "config"} without training."""
+    (modules you name) or `trust_plugins=True` (see trainkit.plugins.require). Overrides of the
+    optimizer's options or the schedule apply from the next step on (see
+    training/resume_plan.py, retune.py); a run with nothing left to train returns at once with
+    `already_complete` True and a `message` saying how to train it longer. `dry_run`: check
+    everything resuming needs and return {"run_dir", "config"} without training."""
     source, checkpoint, skipped = open_for_resume(path)
     folder = RunFolder(source.parent)
     newest = folder.newest_step()
@@ -184,39 +200,27 @@ def resume(
         )
     saved = _saved_config(checkpoint, source, "resume", imports, trust_plugins)
     checkpoint.require("optimizer", source=source, purpose="resume")
-    cfg = resolve(saved, _with_device(overrides, device), source=str(source))
-    _check_frozen(saved, cfg, source)
-    saved_epochs = get_path(saved, "trainer.epochs")
+    base = resume_base(saved, overrides)
+    cfg = resolve(base, _with_device(overrides, device), source=str(source), labels=_device_label(device))
+    _check_frozen(saved, cfg, source, RESUME_FROZEN)
     position = train_state(checkpoint, source)
     folder.keep_last = cfg.checkpoint.keep_last
-    if cfg.trainer.epochs < checkpoint.epoch + (position.batch > 0):
-        raise ConfigError(
-            f"trainer.epochs: the run has already trained {checkpoint.epoch} epochs; "
-            f"trainer.epochs={cfg.trainer.epochs} would shorten it",
-            str(source),
-        )
-    if (
-        cfg.trainer.epochs != saved_epochs
-        and cfg.scheduler
-        and SCHEDULERS.get(cfg.scheduler.name).traits.get("spans_run")
-    ):
-        raise ConfigError(
-            f"trainer.epochs: scheduler '{cfg.scheduler.name}' was planned for {saved_epochs} epochs "
-            "and cannot be stretched; start a new run to train longer",
-            str(source),
-        )
-    if checkpoint.epoch >= cfg.trainer.epochs or position.stopped_early:
-        why = "stopped early" if position.stopped_early else f"{checkpoint.epoch}/{cfg.trainer.epochs} epochs"
-        raise UsageError(
-            f"{folder.path} is already complete ({why}); "
-            f"to train longer: trainkit resume {folder.path} trainer.epochs=N"
-        )
+    plan = plan_resume(saved, cfg, overrides, position, str(folder.path), str(source))
+    cfg = plan.cfg
+    if plan.complete:
+        task = (checkpoint.data_info or {}).get("task")
+        result = run_summary(folder, position, "val_accuracy" if task == "classification" else "val_loss", cfg)
+        return {**result, "already_complete": True, "message": f"{folder.path} is already complete {plan.complete}"}
     if dry_run:
         return {"run_dir": str(folder.path), "config": cfg.to_dict()}
     with from_env(cfg.trainer.device) as ctx:
         built = build(cfg, ctx, data_record=checkpoint.data_record)
         assert built.run is not None
-        state = restore_training(checkpoint, built.run, built.module, str(source), cfg.data.batch_size)
+        state = restore_training(
+            checkpoint, built.run, built.module, str(source), cfg.data.batch_size, load_scheduler=not plan.retune
+        )
+        apply_changes(plan, saved, built.run, built.module, checkpoint.scheduler, state, str(source))
+        continue_early_stopping(saved, cfg, state)
         runlog = None
         ctx.barrier()  # every rank has read the checkpoint before rank 0 touches the folder
         if ctx.is_main:
@@ -233,12 +237,16 @@ def resume(
             )
         ctx.barrier()
         reporter = Reporter(quiet, enabled=ctx.is_main)
+        reporter.message(start_line(cfg, built.device, built.module, built.bundle, ctx))
         reporter.message(
             f"resuming {folder.path} from {source.name}: epoch {state.epoch + 1}, "
             f"batch {state.batch}, step {state.step}"
         )
+        record = change_record(plan, state, built.run)
+        if record:
+            reporter.message(f"changed {describe_changes(record)}")
         session = Session(cfg, built.run, built.module, built.bundle, folder, runlog, reporter, sinks)
-        return session.fit(state)
+        return session.fit(state, [record] if record else [])
 
 
 @_api
@@ -263,7 +271,7 @@ def evaluate(
     # Evaluation writes no event files (a run logged to TensorBoard evaluates without it),
     # and runs wherever it is asked to: a checkpoint trained on `cuda` evaluates on a laptop.
     overrides = ["logging.tensorboard=false", "trainer.device=auto", *_with_device(overrides, device)]
-    cfg = resolve(saved, overrides, source=str(path))
+    cfg = resolve(saved, overrides, source=str(path), labels=_device_label(device))
     _check_frozen(saved, cfg, path)
     with from_env(cfg.trainer.device) as ctx:
         if cfg.trainer.precision == "fp16" and not _cuda_for(cfg, ctx):
@@ -272,8 +280,9 @@ def evaluate(
         built = build(cfg, ctx, training=False, data_record=loaded.data_record)
         load_model_state(built.module, loaded.model, str(path))
         batches = eval_batches(cfg, built.bundle, built.device, ctx, split)
+        bar = Reporter(enabled=ctx.is_main).eval_progress(len(batches))  # a bar on a terminal only
         metrics = evaluate_model(
-            built.module, batches, built.bundle.info.task, built.device, ctx, cfg.trainer.precision
+            built.module, batches, built.bundle.info.task, built.device, ctx, cfg.trainer.precision, bar
         )
         return {"split": split, **metrics}
 

@@ -15,8 +15,32 @@ from collections.abc import Callable
 from typing import Any
 
 import typer
+import typer.core
 
 from trainkit._version import __version__
+
+
+class _Argument(typer.core.TyperArgument):
+    """An argument shown by its metavar alone (`CONFIG`, `[KEY=VALUE...]`), not with Typer's
+    Python type (`<list[str]>`) and braces."""
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None if self.metavar else super().display_type_rich(ctx)
+
+    def _usage_display_name(self) -> str:
+        return self.metavar or super()._usage_display_name()
+
+    def _rich_display_name(self) -> str:
+        return self.metavar or super()._rich_display_name()
+
+
+class _Command(typer.core.TyperCommand):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if type(param) is typer.core.TyperArgument:
+                param.__class__ = _Argument
+
 
 app = typer.Typer(
     name="trainkit",
@@ -28,9 +52,14 @@ app = typer.Typer(
 )
 
 OVERRIDES = typer.Argument(
-    None, help="Overrides like optimizer.lr=0.1 trainer.epochs=2 (YAML values).", show_default=False
+    None,
+    metavar="[KEY=VALUE...]",
+    help="Overrides like optimizer.lr=0.1 trainer.epochs=2 (YAML values).",
+    show_default=False,
 )
-DEVICE = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps (overrides trainer.device).")
+DEVICE = typer.Option(
+    None, "--device", metavar="DEVICE", help="auto | cpu | cuda | cuda:N | mps (overrides trainer.device)."
+)
 QUIET = typer.Option(False, "--quiet", "-q", help="Only errors and the final result.")
 IMPORTS = typer.Option(
     None,
@@ -43,6 +72,9 @@ TRUST = typer.Option(
     "--trust-checkpoint-plugins",
     help="Import every plugin module the checkpoint names (importing runs their code: trust its source).",
 )
+NPROC = typer.Option(1, "--nproc", min=1, metavar="N", help="Processes on this machine (starts torch.distributed.run).")
+RUNS_DIR = "checkpoints"  # checkpoint.dir's default
+CKPT = typer.Option(None, "--ckpt", metavar="PATH", help="Checkpoint file (or run folder: its best.pt).")
 
 
 def _under_torchrun() -> bool:
@@ -194,34 +226,70 @@ def _strip_nproc(argv: list[str]) -> list[str]:
 
 
 def _print_result(result: dict[str, Any], quiet: bool, verb: str) -> None:
-    from rich.console import Console
+    """The one line that ends a run (the epoch lines came as it went, on stderr)."""
+    if result.get("already_complete"):
+        print(result["message"])
+        return
+    from trainkit.training.session import describe_early_stop
 
-    from trainkit.tools.summary import summary_table
-
-    # NO_COLOR means no escape codes at all: rich's own no_color still sends bold and italic
-    console = Console(color_system=None if os.environ.get("NO_COLOR") else "auto", highlight=False)
-    if not quiet and result["history"]:
-        console.print(summary_table(result["history"], f"{verb}: {result['run_dir']}"))
     best = result["best_metric"]
     best_text = (
         f"best {result['monitor']} {best:.4f} at epoch {result['best_epoch']}" if best is not None else "no best"
     )
-    early = " (stopped early)" if result["stopped_early"] else ""
+    stop = result.get("early_stop")
+    early = f" (stopped early: {describe_early_stop(stop)})" if stop else ""
     epochs = f"{result['epochs']} epoch" + ("" if result["epochs"] == 1 else "s")
+    from rich.console import Console
+
+    # bold on a terminal; NO_COLOR means no escape codes at all (rich's own no_color still sends bold)
+    console = Console(color_system=None if os.environ.get("NO_COLOR") else "auto", highlight=False)
     console.print(
         f"{verb} {epochs}{early}, {result['step']} steps; {best_text}; checkpoints in {result['run_dir']}",
+        style="bold",
         soft_wrap=True,
     )
 
 
-@app.command()
+def _check_device(device: str | None) -> None:
+    """A --device value the config would refuse, named as the flag the user typed."""
+    if device is None:
+        return
+    from pydantic import ValidationError
+
+    from trainkit.config import TrainerConfig
+    from trainkit.errors import UsageError
+
+    try:
+        TrainerConfig(device=device)
+    except ValidationError:
+        raise UsageError(f"--device {device}: should be one of auto, cpu, cuda, cuda:N, mps") from None
+
+
+def _checkpoint_first(ckpt: str | None, args: list[str] | None, command: str, rest: str) -> tuple[str, list[str]]:
+    """The checkpoint from --ckpt, or else the first argument (`trainkit eval RUN`)."""
+    from pathlib import Path
+
+    from trainkit.errors import UsageError
+
+    args = list(args or [])
+    if ckpt is not None:
+        return ckpt, args
+    usage = f"trainkit {command} PATH {rest} (or --ckpt PATH)"
+    if not args:
+        raise UsageError(f"give the checkpoint file or run folder: {usage}")
+    if "=" in args[0] and not Path(args[0]).exists():
+        raise UsageError(f"the checkpoint comes first, before {args[0]}: {usage}")
+    return args[0], args[1:]
+
+
+@app.command(cls=_Command, short_help="Train a model as a YAML config describes.")
 def train(
-    config: str = typer.Argument(..., help="Experiment YAML file."),
+    config: str = typer.Argument(..., metavar="CONFIG", help="Experiment YAML file."),
     overrides: list[str] | None = OVERRIDES,
     device: str | None = DEVICE,
     quiet: bool = QUIET,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run that already exists in the folder."),
-    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this machine (starts torch.distributed.run)."),
+    nproc: int = NPROC,
     imports: list[str] | None = IMPORTS,
 ) -> None:
     """Train a model as the config describes; checkpoints go to <checkpoint.dir>/<name>/."""
@@ -241,45 +309,61 @@ def train(
 
     def body() -> None:
         from trainkit.api import train as run_train
+        from trainkit.errors import RunExistsError
 
+        _check_device(device)
         _own_process()
-        result = run_train(
-            config, overrides or [], device=device, quiet=quiet, overwrite=overwrite, imports=imports or []
-        )
+        try:
+            result = run_train(
+                config, overrides or [], device=device, quiet=quiet, overwrite=overwrite, imports=imports or []
+            )
+        except RunExistsError as exc:  # the API says overwrite=True; here it is a flag
+            raise exc.reworded("--overwrite") from None
         if _is_main():
             _print_result(result, quiet, "trained")
 
     _call(body, quiet)
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Continue a run exactly where it stopped, or train it longer.")
 def resume(
-    path: str = typer.Argument(..., help="Run folder (newest good checkpoint) or a checkpoint file."),
+    path: str = typer.Argument(..., metavar="PATH", help="Run folder (newest good checkpoint) or a checkpoint file."),
     overrides: list[str] | None = OVERRIDES,
     device: str | None = DEVICE,
     quiet: bool = QUIET,
-    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this machine (starts torch.distributed.run)."),
+    nproc: int = NPROC,
     imports: list[str] | None = IMPORTS,
     trust: bool = TRUST,
 ) -> None:
-    """Continue a run exactly where it stopped; trainer.epochs=N extends it."""
+    """Continue a run exactly where it stopped; trainer.epochs=N extends it.
+
+    Changed optimizer options (optimizer.lr=...) apply from the next step on and are recorded
+    in metrics.jsonl; scheduler.name=... gives the epochs still to train a new schedule (the
+    way to extend a finished one-cycle or cosine run).
+    """
     if nproc > 1:
 
-        def check() -> None:  # in this process, before any worker starts: one line, exit 2
+        def check() -> dict[str, Any]:  # in this process, before any worker starts: one line, exit 2
             from trainkit.api import resume as run_resume
             from trainkit.training.distributed import check_launch
 
             checked = run_resume(
                 path, overrides or [], device=device, imports=imports or [], trust_plugins=trust, dry_run=True
             )
-            check_launch(checked["config"]["trainer"]["device"], nproc)
+            if not checked.get("already_complete"):
+                check_launch(checked["config"]["trainer"]["device"], nproc)
+            return checked
 
-        _call(check, quiet)
+        checked = _call(check, quiet)
+        if checked.get("already_complete"):  # nothing to train: no processes to start
+            _print_result(checked, quiet, "trained")
+            raise typer.Exit(0)
         _launch_distributed(nproc, _strip_nproc(sys.argv[1:]), quiet)
 
     def body() -> None:
         from trainkit.api import resume as run_resume
 
+        _check_device(device)
         _own_process()
         result = run_resume(
             path, overrides or [], device=device, quiet=quiet, imports=imports or [], trust_plugins=trust
@@ -290,11 +374,16 @@ def resume(
     _call(body, quiet)
 
 
-@app.command("eval")
+@app.command("eval", cls=_Command, short_help="Print the metrics of a checkpoint on its test (or train) split.")
 def eval_(
-    ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint file (or run folder: its best.pt)."),
-    overrides: list[str] | None = OVERRIDES,
-    split: str = typer.Option("test", "--split", help="test | train"),
+    args: list[str] | None = typer.Argument(
+        None,
+        metavar="[PATH] [KEY=VALUE...]",
+        help="Checkpoint file or run folder (its best.pt), unless --ckpt gives it; then overrides.",
+        show_default=False,
+    ),
+    ckpt: str | None = CKPT,
+    split: str = typer.Option("test", "--split", metavar="SPLIT", help="test | train"),
     device: str | None = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
     imports: list[str] | None = IMPORTS,
@@ -305,8 +394,10 @@ def eval_(
     def body() -> None:
         from trainkit.api import evaluate
 
+        path, overrides = _checkpoint_first(ckpt, args, "eval", "[KEY=VALUE...]")
+        _check_device(device)
         _own_process()
-        result = evaluate(ckpt, split, overrides or [], device=device, imports=imports or [], trust_plugins=trust)
+        result = evaluate(path, split, overrides, device=device, imports=imports or [], trust_plugins=trust)
         if not _is_main():
             return
         if as_json:
@@ -320,9 +411,9 @@ def eval_(
     _call(body)
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Check a config and print it resolved, defaults filled in.")
 def validate(
-    config: str = typer.Argument(..., help="Experiment YAML file."),
+    config: str = typer.Argument(..., metavar="CONFIG", help="Experiment YAML file."),
     overrides: list[str] | None = OVERRIDES,
     imports: list[str] | None = IMPORTS,
 ) -> None:
@@ -340,9 +431,9 @@ def validate(
     _call(body)
 
 
-@app.command("ls")
+@app.command("ls", cls=_Command, short_help="List the registered components and their options.")
 def ls(
-    kind: str | None = typer.Argument(None, help="models | datasets | optimizers | schedulers"),
+    kind: str | None = typer.Argument(None, metavar="[KIND]", help="models | datasets | optimizers | schedulers"),
     imports: list[str] | None = IMPORTS,
 ) -> None:
     """List the registered components and their options."""
@@ -374,7 +465,7 @@ def ls(
     _call(body)
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Print the JSON Schema of configs, for editors.")
 def schema(imports: list[str] | None = IMPORTS) -> None:
     """Print the JSON Schema of experiment configs (for editors and CI checks).
 
@@ -393,9 +484,9 @@ def schema(imports: list[str] | None = IMPORTS) -> None:
     _call(body)
 
 
-@app.command()
+@app.command(cls=_Command, short_help="List the runs under checkpoints/: progress, best metric, status.")
 def runs(
-    directory: str = typer.Argument("checkpoints", metavar="[DIR]", help="Folder holding run folders (or one run)."),
+    directory: str = typer.Argument(RUNS_DIR, metavar="[DIR]", help="Folder holding run folders (or one run)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of the table."),
 ) -> None:
     """List the runs under DIR: model, data set, epochs, best metric, status, last update.
@@ -406,8 +497,17 @@ def runs(
     """
 
     def body() -> None:
+        from pathlib import Path
+
         from trainkit.tools.runs import format_table, list_runs
 
+        if directory == RUNS_DIR and not Path(directory).exists():
+            # the default folder: nothing trained here yet is an answer, not a mistake
+            if as_json:
+                print("[]")
+            else:
+                _err(f"no runs yet: there is no {RUNS_DIR}/ folder here (trainkit train writes runs there)")
+            return
         found = list_runs(directory)
         if as_json:
             print(json.dumps(found, indent=2))
@@ -419,14 +519,16 @@ def runs(
     _call(body)
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Plot the loss and accuracy curves of one or more runs.")
 def plot(
     run_dirs: list[str] = typer.Argument(
         ..., metavar="RUN...", help="Run folders (or their metrics.jsonl), one colour each."
     ),
-    output: str = typer.Option("curves.png", "--output", "-o", help="Image to write: .png, .svg or .pdf."),
-    width: int = typer.Option(900, "--width", help="Figure width in pixels."),
-    height: int = typer.Option(350, "--height", help="Figure height in pixels."),
+    output: str = typer.Option(
+        "curves.png", "--output", "-o", metavar="FILE", help="Image to write: .png, .svg or .pdf."
+    ),
+    width: int = typer.Option(900, "--width", metavar="PX", help="Figure width in pixels."),
+    height: int = typer.Option(350, "--height", metavar="PX", help="Figure height in pixels."),
 ) -> None:
     """Plot loss (train and validation) and validation accuracy (MAE for regression) per epoch.
 
@@ -451,7 +553,7 @@ def plot(
     _call(body)
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Search a config's params with Optuna; each trial is a run folder.")
 def sweep(
     sweep_file: str = typer.Argument(..., metavar="SWEEP.yaml", help="Sweep file: base config, params, trials."),
     overrides: list[str] | None = OVERRIDES,
@@ -492,13 +594,19 @@ def sweep(
     _call(body, quiet)
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Classify image files with a trained checkpoint.")
 def predict(
-    images: list[str] = typer.Argument(..., metavar="IMAGE...", help="PNG/JPEG files to classify."),
-    ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint file (or run folder: its best.pt)."),
-    top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="How many classes to show per image."),
-    invert: bool = typer.Option(
-        False, "--invert", help="Invert the pixels first (dark-on-light photos for MNIST-like data)."
+    args: list[str] = typer.Argument(
+        ..., metavar="[PATH] IMAGE...", help="Checkpoint (unless --ckpt gives it), then PNG/JPEG files."
+    ),
+    ckpt: str | None = CKPT,
+    top_k: int = typer.Option(3, "--top-k", "-k", min=1, metavar="K", help="How many classes to show per image."),
+    invert: bool | None = typer.Option(
+        None,
+        "--invert/--no-invert",
+        help="Invert the pixels first, or never; by default an image whose border is light where the "
+        "training images' is dark (a dark-on-light photo for MNIST) is inverted, and the output says so.",
+        show_default=False,
     ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list to stdout."),
     imports: list[str] | None = IMPORTS,
@@ -511,20 +619,29 @@ def predict(
     """
 
     def body() -> None:
+        from trainkit.errors import UsageError
         from trainkit.tools.predict import format_predictions
         from trainkit.tools.predict import predict as run_predict
 
-        results = run_predict(ckpt, images, top_k, invert, imports=imports or [], trust_plugins=trust)
+        path, images = _checkpoint_first(ckpt, args, "predict", "IMAGE...")
+        if not images:
+            raise UsageError(f"give at least one image file after the checkpoint: trainkit predict {path} IMAGE...")
+        results = run_predict(path, images, top_k, invert, imports=imports or [], trust_plugins=trust)
         print(json.dumps(results) if as_json else format_predictions(results))
 
     _call(body)
 
 
-@app.command("export")
+@app.command("export", cls=_Command, short_help="Write a model file that runs with torch alone.")
 def export_(
-    ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint file (or run folder: its best.pt)."),
-    output: str = typer.Option(..., "--output", "-o", help="File to write, e.g. model.pt2."),
-    fmt: str = typer.Option("export", "--format", help="export (torch.export, default) | torchscript"),
+    path: str | None = typer.Argument(
+        None, metavar="[PATH]", help="Checkpoint file or run folder (its best.pt), unless --ckpt gives it."
+    ),
+    ckpt: str | None = CKPT,
+    output: str = typer.Option(..., "--output", "-o", metavar="FILE", help="File to write, e.g. model.pt2."),
+    fmt: str = typer.Option(
+        "export", "--format", metavar="FORMAT", help="export (torch.export, default) | torchscript"
+    ),
     imports: list[str] | None = IMPORTS,
     trust: bool = TRUST,
 ) -> None:
@@ -540,7 +657,12 @@ def export_(
     def body() -> None:
         from trainkit.tools.export import export as run_export
 
-        result = run_export(ckpt, output, fmt, imports=imports or [], trust_plugins=trust)
+        source, extra = _checkpoint_first(ckpt, [path] if path else [], "export", "-o FILE")
+        if extra:
+            from trainkit.errors import UsageError
+
+            raise UsageError(f"give the checkpoint once: --ckpt {ckpt} or {extra[0]}, not both")
+        result = run_export(source, output, fmt, imports=imports or [], trust_plugins=trust)
         shape = ", ".join(str(d) for d in result["input_shape"])
         loader = "torch.export.load(path).module()" if fmt == "export" else "torch.jit.load(path)"
         print(

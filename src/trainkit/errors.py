@@ -89,7 +89,21 @@ class CheckpointNotFoundError(CheckpointError, UsageError):
 
 
 class RunExistsError(UsageError):
-    """Training into a folder that already holds a run, without --overwrite."""
+    """Training into a folder that already holds a run, without overwrite.
+
+    `how_to_continue` is a command that continues the run (or None when it cannot be
+    continued); `overwrite` is how the caller spells the way to replace it: `overwrite=True`
+    in Python, and the CLI rewords it as `--overwrite` (`reworded`)."""
+
+    def __init__(self, run_dir: str, state: str, how_to_continue: str | None, overwrite: str = "overwrite=True"):
+        self.run_dir, self.state, self.how_to_continue, self.overwrite = run_dir, state, how_to_continue, overwrite
+        cont = f"{how_to_continue}, " if how_to_continue else ""
+        super().__init__(
+            f"{run_dir} already holds {state}; {cont}choose another name (name=...), or pass {overwrite} to replace it"
+        )
+
+    def reworded(self, overwrite: str) -> RunExistsError:
+        return RunExistsError(self.run_dir, self.state, self.how_to_continue, overwrite)
 
 
 class NonFiniteLossError(TrainkitError):

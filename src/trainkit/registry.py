@@ -80,8 +80,10 @@ class Registry:
         """Decorator: `@MODELS.register("cnn")` (the name defaults to the function's).
 
         Keyword traits tell the loop what it needs to know, e.g. `@SCHEDULERS.register("cosine",
-        spans_run=True)` for a schedule planned over the whole run (such a run cannot be extended),
-        or `requires={"pyarrow": "tables"}` for a builder that needs an optional package (a config
+        spans_run=True)` for a schedule planned over the whole run (such a run is extended with a
+        new schedule for the added epochs), `@DATASETS.register("mnist", task="classification")`
+        so the metrics a run will record are known before the data set is built, or
+        `requires={"pyarrow": "tables"}` for a builder that needs an optional package (a config
         naming it without the package is an error that names the extra to install).
         """
 

@@ -132,3 +132,20 @@ def test_bad_format_and_paths_exit_2(cli, trained, tmp_path):
     code, out, err = cli("export", "--ckpt", tmp_path / "none.pt", "-o", tmp_path / "m.pt2")
     assert code == 2 and "checkpoint not found" in err
     assert not list(tmp_path.glob("*.pt2")) and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_a_channels_last_run_exports_and_loads_without_torch_warnings(tmp_path):
+    """Channels-last weights are not contiguous; saved as they are, torch.export warns "No
+    complete tensor found" about each. The model is rebuilt in the standard layout instead."""
+    import warnings
+
+    from trainkit.tools.export import export, load_exported
+
+    config = tiny_config(tmp_path, name="cl", data=DATA, trainer={"epochs": 1, "channels_last": True})
+    ckpt = trainkit.train(config, quiet=True)["best_checkpoint"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export(ckpt, tmp_path / "cl.pt2")
+        model = load_exported(tmp_path / "cl.pt2", "export")
+    assert [str(w.message) for w in caught if "complete tensor" in str(w.message)] == []
+    assert model(torch.rand(2, 3, 8, 8)).shape == (2, 4)

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from conftest import tiny_config
 from helpers_ecosystem import png_size, regression_config, train_tiny
 
 pytest.importorskip("matplotlib")
@@ -100,3 +101,64 @@ def test_bad_input_exits_2(cli, tmp_path, two_runs, args, message):
     code, out, err = cli("plot", *args)
     assert code == 2 and out == ""
     assert err.startswith("error: ") and message in err
+
+
+# ------------------------------------------------------------------ the figure's axes, read back
+
+
+def _axes(fig):
+    return {ax.get_title(): ax for ax in fig.axes}
+
+
+def test_a_run_stopped_in_its_first_epoch_spreads_its_steps_over_that_epoch(tmp_path, monkeypatch):
+    import trainkit
+    from trainkit.errors import TrainingInterrupted
+    from trainkit.tools.plot import make_figure
+    from trainkit.training.session import Session
+
+    monkeypatch.setattr(Session, "stop_requested", lambda self, state: state.step == 5)
+    with pytest.raises(TrainingInterrupted):
+        trainkit.train(tiny_config(tmp_path, trainer={"log_every": 1}), quiet=True)
+    axes = _axes(make_figure([tmp_path / "ckpt" / "tiny"]))
+    assert list(axes) == ["loss"]  # no validation yet: no empty accuracy panel
+    (train,) = axes["loss"].get_lines()
+    assert list(train.get_xdata()) == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6])  # step / 6 steps per epoch
+    assert axes["loss"].get_xlim() == (0.0, 1.0)
+
+
+def test_a_one_epoch_run_has_an_epoch_axis_and_accuracy_within_0_and_1(tmp_path):
+    """The report's case: one MNIST epoch of 938 steps ending at 98.1% accuracy."""
+    import json
+
+    from trainkit.tools.plot import make_figure
+
+    run = tmp_path / "one_epoch"
+    run.mkdir()
+    records = [{"type": "train", "epoch": 1, "step": s, "loss": 2.3 / s**0.5, "lr": 0.01} for s in range(50, 938, 50)]
+    records.append(
+        {"type": "epoch", "epoch": 1, "step": 938, "train_loss": 0.3, "val_loss": 0.06, "val_accuracy": 0.9812}
+    )
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    axes = _axes(make_figure([run]))
+    assert list(axes) == ["loss", "validation accuracy"]
+    for ax in axes.values():
+        assert ax.get_xlim() == (0.0, 1.0)
+        assert [t for t in ax.get_xticks() if 0 <= t <= 1] == [0.0, 1.0]  # whole epochs
+    train_x = axes["loss"].get_lines()[0].get_xdata()
+    assert list(train_x) == pytest.approx([s / 938 for s in range(50, 938, 50)])
+    low, high = axes["validation accuracy"].get_ylim()
+    assert 0.0 <= low < 0.9812 < high <= 1.0
+
+
+def test_classification_and_regression_runs_get_an_axis_per_metric(tmp_path):
+    import trainkit
+    from trainkit.tools.plot import make_figure
+
+    classifier = train_tiny(tmp_path, name="classifier")["run_dir"]
+    line = trainkit.train(regression_config(tmp_path), quiet=True)["run_dir"]
+    axes = _axes(make_figure([classifier, line]))
+    assert list(axes) == ["loss", "validation accuracy", "validation MAE"]
+    assert [line.get_label() for line in axes["validation accuracy"].get_lines()] == ["classifier"]
+    assert [line.get_label() for line in axes["validation MAE"].get_lines()] == ["line"]
+    low, high = axes["validation accuracy"].get_ylim()
+    assert 0.0 <= low < high <= 1.0

@@ -163,3 +163,40 @@ def test_real_mnist_digits(cli, tmp_path):
     predicted = [int(r["predictions"][0]["class"]) for r in results]
     correct = sum(p == t for p, t in zip(predicted, test.targets[:40].tolist(), strict=True))
     assert correct >= 32, f"only {correct}/40 real digits right"
+
+
+def test_a_dark_on_light_image_is_inverted_for_light_on_dark_data_and_says_so(cli, tmp_path):
+    """MNIST-like data (dark border) and a photo of a digit (light border): the image is
+    inverted before it is classified, the output says so, and --no-invert / --invert decide."""
+    import numpy as np
+
+    from conftest import write_idx
+
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    for prefix, n in (("train", 64), ("t10k", 16)):
+        images = np.zeros((n, 28, 28), dtype=np.uint8)
+        images[:, 8:20, 8:20] = rng.integers(128, 256, (n, 12, 12))  # light strokes on black, as MNIST
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, (n,)))
+    config = tiny_config(tmp_path, trainer={"epochs": 1})
+    config["model"] = {"name": "mlp", "hidden": [8]}
+    config["data"] = {"name": "mnist", "root": str(tmp_path / "data"), "download": False, "batch_size": 16}
+    run = trainkit.train(config, quiet=True)["run_dir"]
+    photo = np.full((28, 28), 250, dtype=np.uint8)
+    photo[8:20, 12:16] = 20  # a dark stroke on white paper
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    Image.fromarray(255 - photo).save(tmp_path / "scan.png")  # the same digit, as MNIST has it
+
+    auto, scan = _predict_json(cli, run, tmp_path / "photo.png", tmp_path / "scan.png", "-k", "10")
+    assert auto["inverted"] is True and scan["inverted"] is False
+    assert auto["predictions"] == scan["predictions"]  # the photo, inverted, is the scan
+    kept = _predict_json(cli, run, tmp_path / "photo.png", "--no-invert", "-k", "10")[0]
+    assert kept["inverted"] is False and kept["predictions"] != auto["predictions"]
+    forced = _predict_json(cli, run, tmp_path / "scan.png", "--invert", "-k", "10")[0]
+    assert forced["inverted"] is True and forced["predictions"] == kept["predictions"]
+    code, out, _ = cli("predict", run, tmp_path / "photo.png", "-k", "1")
+    assert code == 0 and out.startswith(
+        f"{tmp_path / 'photo.png'} (inverted: its background is the opposite of the training images'; "
+        "--no-invert to keep it): "
+    )

@@ -1,5 +1,8 @@
 """Built-in data set builders. Each returns a DataBundle (see data.py).
 
+Each declares its task where it is registered (`task=`), so `trainkit validate` knows which
+metrics the run will record (early stopping is checked against them).
+
 Real data sets are read from the original files under `root` in torchvision's layout
 (`root/MNIST/raw/`, `root/FashionMNIST/raw/`, `root/cifar-10-batches-py/`), or directly
 from `root`. torch is imported inside the builders to keep `trainkit ls` fast.
@@ -78,13 +81,13 @@ def _mnist_family(
     return DataBundle(info, splits["train"], splits["test"])
 
 
-@DATASETS.register("mnist")
+@DATASETS.register("mnist", task="classification")
 def mnist(root: str = "data", download: bool = True):
     """MNIST handwritten digits, 1x28x28, 60k train / 10k test."""
     return _mnist_family("mnist", "MNIST", "MNIST", root, download, 0.1307, 0.3081, MNIST_CLASSES)
 
 
-@DATASETS.register("fashion_mnist")
+@DATASETS.register("fashion_mnist", task="classification")
 def fashion_mnist(root: str = "data", download: bool = True):
     """Fashion-MNIST clothing images, 1x28x28, 60k train / 10k test."""
     return _mnist_family(
@@ -92,7 +95,7 @@ def fashion_mnist(root: str = "data", download: bool = True):
     )
 
 
-@DATASETS.register("cifar10")
+@DATASETS.register("cifar10", task="classification")
 def cifar10(root: str = "data", download: bool = True):
     """CIFAR-10 colour images, 3x32x32, 50k train / 10k test (python batches)."""
     from trainkit.builtin.readers import cifar_split, ensure_files
@@ -121,7 +124,7 @@ def cifar10(root: str = "data", download: bool = True):
     return DataBundle(info, train, test)
 
 
-@DATASETS.register("synthetic_regression")
+@DATASETS.register("synthetic_regression", task="regression")
 def synthetic_regression(
     seed: int,
     n_train: Positive = 1000,
@@ -152,7 +155,7 @@ def synthetic_regression(
     return DataBundle(DatasetInfo("regression", (in_features,), num_outputs=1), split(n_train), split(n_test))
 
 
-@DATASETS.register("synthetic_images")
+@DATASETS.register("synthetic_images", task="classification")
 def synthetic_images(
     seed: int,
     num_classes: Annotated[int, Field(ge=2)] = 10,

@@ -4,6 +4,7 @@ This package never imports torch (a test keeps it so): `trainkit validate`, `ls`
 `schema` answer without it.
 """
 
+from trainkit.config._metrics import TASK_METRICS, check_metric_for_task, infer_mode
 from trainkit.config._overrides import apply_overrides, parse_override
 from trainkit.config._sections import (
     AugmentConfig,
@@ -14,6 +15,7 @@ from trainkit.config._sections import (
     ExperimentConfig,
     LoggingConfig,
     RunName,
+    SchedulerConfig,
     Seed,
     TrainerConfig,
 )
@@ -30,10 +32,14 @@ __all__ = [
     "KeyPath",
     "LoggingConfig",
     "RunName",
+    "SchedulerConfig",
+    "TASK_METRICS",
     "TrainerConfig",
     "apply_overrides",
+    "check_metric_for_task",
     "dump_yaml",
     "get_path",
+    "infer_mode",
     "load_config",
     "options_model",
     "parse_override",

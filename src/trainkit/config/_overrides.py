@@ -1,4 +1,4 @@
-"""Command-line overrides, Hydra style: `optimizer.lr=0.1`, `~optimizer.momentum`."""
+"""Command-line overrides, Hydra style: `optimizer.lr=0.1`, `~optimizer.momentum`, `+trainer.grad_clip=1`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
     '~optimizer.momentum' (Hydra's syntax) removes a key, e.g. when switching optimizers."""
     if text.startswith("~") and "=" not in text:
         key, value = text[1:], _DELETE
+    elif text.startswith("+") and "=" in text:
+        # Hydra's `+key=value` (add) and `++key=value` (add or override): trainkit's keys are
+        # fixed by its schema, so both set a key it has (an unknown one is reported as usual)
+        key, _, value = text.lstrip("+").partition("=")
     else:
         key, sep, value = text.partition("=")
         if not sep:
@@ -29,9 +33,18 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
     if not isinstance(value, str):  # _DELETE
         return parts, value
     try:
+        yaml.compose(value, Loader=yaml.SafeLoader)  # the syntax alone, to say where it breaks
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at column {mark.column + 1}" if mark and mark.line == 0 else ""
+        problem = exc.problem or exc.context or "cannot be parsed"
+        raise ConfigError(f"malformed override '{text}': YAML syntax error in the value{where}: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"malformed override '{text}': YAML syntax error in the value: {exc}") from None
+    try:
         parsed = parse_yaml(value, "override")[0] if value.strip() else None
-    except (yaml.YAMLError, ConfigError):
-        raise ConfigError(f"malformed override '{text}': the value is not a YAML scalar") from None
+    except ConfigError as exc:  # e.g. a !!python tag, refused as in a config file
+        raise ConfigError(f"malformed override '{text}': {'; '.join(exc.problems)}") from None
     return parts, parsed
 
 

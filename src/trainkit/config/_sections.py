@@ -61,6 +61,14 @@ class ComponentConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class SchedulerConfig(ComponentConfig):
+    start_epoch: NonNegativeInt = Field(
+        0,
+        description="epochs trained before this schedule began; set by `trainkit resume` when an explicit "
+        "scheduler.name=... gives a resumed run a new schedule (0 for a new run)",
+    )
+
+
 class AugmentConfig(_Section):
     crop_padding: NonNegativeInt = Field(0, description="random crop after zero padding by this many pixels; 0 = off")
     hflip: bool = Field(False, description="random horizontal flip with probability 0.5")
@@ -73,8 +81,14 @@ class DataConfig(ComponentConfig):
 
 
 class EarlyStoppingConfig(_Section):
-    metric: str = Field("val_loss", description="a key of the epoch record, e.g. val_loss, val_accuracy")
-    mode: Literal["min", "max"] = "min"
+    metric: str = Field(
+        "val_loss",
+        description="a metric the run records: val_loss, val_accuracy, train_loss (classification); "
+        "val_loss, val_mse, val_mae, val_r2, train_loss (regression)",
+    )
+    mode: Literal["min", "max"] | None = Field(
+        None, description="unset: from the metric (accuracy, r2: max; loss, mse, mae: min)"
+    )
     patience: PositiveInt = Field(3, description="epochs without improvement before stopping")
     min_delta: Annotated[float, Field(ge=0)] = 0.0
 
@@ -121,7 +135,7 @@ class ExperimentConfig(_Section):
     model: ComponentConfig
     data: DataConfig
     optimizer: ComponentConfig
-    scheduler: ComponentConfig | None = None
+    scheduler: SchedulerConfig | None = None
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)

@@ -17,8 +17,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from trainkit import plugins
+from trainkit.config._metrics import complete_early_stopping, early_stopping_problems
 from trainkit.config._overrides import apply_overrides
-from trainkit.config._sections import ComponentConfig, DataConfig, ExperimentConfig
+from trainkit.config._sections import ComponentConfig, DataConfig, ExperimentConfig, SchedulerConfig
 from trainkit.config._strict import hint_from_default, strict_hint
 from trainkit.config._yaml import KeyPath, read_yaml_file
 from trainkit.errors import ConfigError
@@ -26,12 +27,12 @@ from trainkit.registry import REGISTRIES, Registry, did_you_mean
 
 # Keys of a component section that belong to trainkit, not to the builder.
 _OWN_KEYS = {
-    section: set(model.model_fields)
+    section: tuple(model.model_fields)
     for section, model in {
         "model": ComponentConfig,
         "data": DataConfig,
         "optimizer": ComponentConfig,
-        "scheduler": ComponentConfig,
+        "scheduler": SchedulerConfig,
     }.items()
 }
 
@@ -40,20 +41,28 @@ _OWN_KEYS = {
 class Problem:
     path: KeyPath
     message: str
+    unknown_key: bool = False  # a key the schema does not have (what Hydra's `+key=` would add)
+
+
+# Hydra's `+key=value` adds a key to a config; trainkit's keys are fixed by its schema.
+_PLUS_NOTE = "('+' adds a key in Hydra; trainkit's keys are fixed by its schema, so '+key=value' sets a key it has)"
 
 
 class _Context:
     """Where each key came from (file line or command-line override), for messages."""
 
-    def __init__(self, lines: dict[KeyPath, int], overrides: dict[KeyPath, str]):
-        self.lines, self.overrides = lines, overrides
+    def __init__(self, lines: dict[KeyPath, int], overrides: dict[KeyPath, str], labels: dict[str, str]):
+        self.lines, self.overrides, self.labels = lines, overrides, labels
 
     def format(self, problem: Problem) -> str:
         dotted = ".".join(str(p) for p in problem.path) or "(top level)"
         for depth in range(len(problem.path), 0, -1):
             prefix = problem.path[:depth]
             if prefix in self.overrides:
-                return f"override '{self.overrides[prefix]}': {dotted}: {problem.message}"
+                text = self.overrides[prefix]
+                origin = self.labels.get(text, f"override '{text}'")
+                note = f" {_PLUS_NOTE}" if problem.unknown_key and text.startswith("+") else ""
+                return f"{origin}: {dotted}: {problem.message}{note}"
             if prefix in self.lines:
                 return f"line {self.lines[prefix]}: {dotted}: {problem.message}"
         return f"{dotted}: {problem.message}"
@@ -78,6 +87,8 @@ def _pydantic_problems(error: ValidationError, prefix: KeyPath = ()) -> list[Pro
             parent = _fields_at(path[:-1])
             if parent is not None:
                 message += did_you_mean(path[-1], parent)
+            problems.append(Problem(path, message, unknown_key=True))
+            continue
         elif kind == "missing":
             message = "required key is missing"
         else:
@@ -160,12 +171,17 @@ def _check_component(section: str, raw: Any, registry: Registry) -> tuple[list[P
         validated = options_model(registry, name).model_validate(given)
     except ValidationError as exc:
         for problem in _pydantic_problems(exc, (section,)):
-            if problem.message.startswith("unknown key"):
-                listing = ", ".join(known) or "none"
+            if problem.unknown_key:
+                # to the user the section's own keys (data.batch_size) and the builder's options
+                # (data.root) are one list: suggest and show both
+                keys = [k for k in _OWN_KEYS[section] if k != "name"] + list(known)
+                listing = ", ".join(keys) or "none"
+                what = f"{section} keys" if len(keys) > len(known) else "options"
                 problem = Problem(
                     problem.path,
                     f"{registry.kind} '{name}' has no option '{problem.path[-1]}'"
-                    f"{did_you_mean(problem.path[-1], known)} (options: {listing})",
+                    f"{did_you_mean(problem.path[-1], keys)} ({what}: {listing})",
+                    unknown_key=True,
                 )
             problems.append(problem)
         return problems, None
@@ -183,8 +199,12 @@ def resolve(
     source: str | None = None,
     lines: dict[KeyPath, int] | None = None,
     default_name: str | None = None,
+    labels: dict[str, str] | None = None,
 ) -> ExperimentConfig:
-    """Raw YAML data + overrides -> validated config, or one ConfigError naming every problem."""
+    """Raw YAML data + overrides -> validated config, or one ConfigError naming every problem.
+
+    `labels` names overrides that came from elsewhere than an override the user typed, e.g.
+    {"trainer.device=gpu": "device='gpu'"} for the API's `device=` argument."""
     if raw is None:
         raise ConfigError("the config is empty; it needs at least model, data and optimizer sections", source)
     if not isinstance(raw, dict):
@@ -192,7 +212,7 @@ def resolve(
             f"the top level must be a mapping of keys (name, model, data, ...), got {type(raw).__name__}", source
         )
     raw = copy.deepcopy(raw)
-    context = _Context(lines or {}, apply_overrides(raw, overrides))
+    context = _Context(lines or {}, apply_overrides(raw, overrides), labels or {})
     if default_name and "name" not in raw:
         raw["name"] = default_name
 
@@ -206,6 +226,7 @@ def resolve(
     for section, registry in REGISTRIES.items():
         found, options[section] = _check_component(section, raw.get(section), registry)
         problems += found
+    problems += [Problem(path, message) for path, message in early_stopping_problems(raw)]
     if config is not None and config.logging.tensorboard and not plugins.has_module("tensorboard"):
         problems.append(
             Problem(("logging", "tensorboard"), "needs the tensorboard package: pip install 'trainkit[tensorboard]'")
@@ -226,12 +247,15 @@ def resolve(
                 **{k: v for k, v in completed[section].items() if k in _OWN_KEYS[section]},
                 **resolved,
             }
+    complete_early_stopping(completed)
     return ExperimentConfig.model_validate(completed)
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+def load_config(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, labels: dict[str, str] | None = None
+) -> ExperimentConfig:
     raw, lines = read_yaml_file(path)
-    return resolve(raw, overrides, source=str(path), lines=lines, default_name=Path(path).stem)
+    return resolve(raw, overrides, source=str(path), lines=lines, default_name=Path(path).stem, labels=labels)
 
 
 def get_path(data: dict[str, Any], dotted: str) -> Any:

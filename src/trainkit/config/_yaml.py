@@ -187,5 +187,18 @@ def read_yaml_file(path: str | os.PathLike) -> tuple[Any, dict[KeyPath, int]]:
     return parse_yaml(text, str(path))
 
 
+class _BlockDumper(yaml.SafeDumper):
+    """Sections as indented blocks, one key per line; only lists of plain values stay on one
+    line (`channels: [32, 64]`), as a person writes a config."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    flat = all(not isinstance(item, (dict, list)) for item in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flat)
+
+
+_BlockDumper.add_representer(list, _represent_list)
+
+
 def dump_yaml(data: Any) -> str:
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+    return yaml.dump(data, Dumper=_BlockDumper, sort_keys=False, default_flow_style=False, width=4096)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from trainkit.config._sections import DataConfig, ExperimentConfig
+from trainkit.config._sections import DataConfig, ExperimentConfig, SchedulerConfig
 from trainkit.config._validate import options_model
 from trainkit.registry import REGISTRIES, Registry
 
@@ -81,21 +81,24 @@ def config_schema() -> dict[str, Any]:
     """The full JSON Schema (draft 2020-12) of an experiment YAML file."""
     schema = copy.deepcopy(ExperimentConfig.model_json_schema())
     defs = schema.setdefault("$defs", {})
-    data_own = {
-        k: v
-        for k, v in DataConfig.model_json_schema(ref_template="#/$defs/{model}")["properties"].items()
-        if k != "name"
+    own_keys = {
+        section: {
+            k: v
+            for k, v in model.model_json_schema(ref_template="#/$defs/{model}")["properties"].items()
+            if k != "name"
+        }
+        for section, model in (("data", DataConfig), ("scheduler", SchedulerConfig))
     }
     properties = schema["properties"]
     for section, registry in REGISTRIES.items():
-        own = data_own if section == "data" else {}
+        own = own_keys.get(section, {})
         component = _component_schema(registry, defs, own)
         if section in schema.get("required", []):
             properties[section] = component
         else:  # optional sections (scheduler) may also be null
             properties[section] = {"anyOf": [component, {"type": "null"}], "default": None}
     # The generic component models are replaced by the per-builder branches above.
-    for unused in ("ComponentConfig", "DataConfig"):
+    for unused in ("ComponentConfig", "DataConfig", "SchedulerConfig"):
         defs.pop(unused, None)
     # `name` may be left out: it then defaults to the config file's stem.
     schema["required"] = [k for k in schema.get("required", []) if k != "name"]

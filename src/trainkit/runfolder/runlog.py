@@ -47,7 +47,7 @@ class RunLog:
             self._file.flush()
         except OSError as exc:
             raise write_failed(self.path, exc) from None
-        if self._tb is not None:
+        if self._tb is not None and record["type"] in ("train", "epoch"):  # not a resume's "change" record
             prefix = "train" if record["type"] == "train" else "epoch"
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("step", "epoch", "type"):

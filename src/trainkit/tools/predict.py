@@ -5,6 +5,12 @@ the data set's DatasetInfo (channels, size, class names, normalisation). An imag
 converted to the data set's channels and size, then put through the same `Batches` code
 that fed training, so the model sees it exactly as it saw its training images: uint8
 pixels scaled by 1/255 and normalised by the data set's per-channel mean and std.
+
+Polarity: MNIST digits are light on a dark background, a photo of a handwritten digit is
+dark on light. When an image's border is light where the training images' border was dark
+(or the other way round: DatasetInfo.border, measured when the data set was built), the
+image is inverted before it is classified and the output says so; `--invert` and
+`--no-invert` decide it instead.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import torch
 from trainkit import inputfiles
 from trainkit.errors import UsageError, one_line
 from trainkit.training.batches import Batches
-from trainkit.training.data import DatasetInfo, TensorSplit
+from trainkit.training.data import DatasetInfo, TensorSplit, border_mean
 from trainkit.training.restore import load_trained_model
 
 CPU = torch.device("cpu")
@@ -48,6 +54,15 @@ def read_image(path: str | Path, shape: tuple[int, ...], invert: bool = False) -
     return 255 - pixels if invert else pixels
 
 
+def opposite_background(pixels: torch.Tensor, info: DatasetInfo) -> bool:
+    """Whether an image's border is light where the training images' is dark, or dark where it
+    is light (far from it, and close to it once inverted)."""
+    if info.border is None:
+        return False
+    border = border_mean(pixels)
+    return abs(border - info.border) > 0.5 and abs((1 - border) - info.border) < 0.25
+
+
 def model_inputs(pixels: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
     """uint8 (N, C, H, W) -> the float batch the model saw in training, by training's own code."""
     split = TensorSplit(pixels, torch.zeros(len(pixels), dtype=torch.int64))
@@ -59,12 +74,15 @@ def predict(
     checkpoint: str | Path,
     images: Sequence[str | Path],
     top_k: int = 3,
-    invert: bool = False,
+    invert: bool | None = None,
     *,
     imports: Sequence[str] = (),
     trust_plugins: bool = False,
 ) -> list[dict[str, Any]]:
-    """Top-k classes with probabilities for each image, in the order given."""
+    """Top-k classes with probabilities for each image, in the order given.
+
+    `invert`: True or False inverts every image or none; None (the default) inverts an image
+    whose background is the opposite of the training images' (each result says `inverted`)."""
     if not images:
         raise UsageError("give at least one image file")
     if top_k < 1:
@@ -74,7 +92,9 @@ def predict(
         raise UsageError(f"{source} is a {info.task} model; predict classifies images")
     if len(info.input_shape) != 3:
         raise UsageError(f"{source} takes inputs of shape {info.input_shape}, not images (channels, height, width)")
-    pixels = torch.stack([read_image(path, info.input_shape, invert) for path in images])
+    read = [read_image(path, info.input_shape) for path in images]
+    flips = [opposite_background(p, info) if invert is None else invert for p in read]
+    pixels = torch.stack([255 - p if flip else p for p, flip in zip(read, flips, strict=True)])
     with torch.inference_mode():
         probabilities = torch.softmax(model(model_inputs(pixels, info)).float(), dim=1)
     k = min(top_k, info.num_classes)
@@ -83,18 +103,27 @@ def predict(
     return [
         {
             "image": str(path),
+            "inverted": flip,
+            "auto_inverted": flip and invert is None,
             "predictions": [
                 {"class": names[i], "index": i, "probability": p}
                 for p, i in zip(values.tolist(), indices.tolist(), strict=True)
             ],
         }
-        for path, values, indices in zip(images, top.values, top.indices, strict=True)
+        for path, flip, values, indices in zip(images, flips, top.values, top.indices, strict=True)
     ]
 
 
 def format_predictions(results: list[dict[str, Any]]) -> str:
-    """One line per image: 'digit.png: 7 98.2%, 1 1.1%, 9 0.3%'."""
+    """One line per image: 'digit.png: 7 98.2%, 1 1.1%, 9 0.3%', saying when it was inverted."""
     return "\n".join(
-        f"{r['image']}: " + ", ".join(f"{p['class']} {100 * p['probability']:.1f}%" for p in r["predictions"])
+        f"{r['image']}{_inverted_note(r)}: "
+        + ", ".join(f"{p['class']} {100 * p['probability']:.1f}%" for p in r["predictions"])
         for r in results
     )
+
+
+def _inverted_note(result: dict[str, Any]) -> str:
+    if result.get("auto_inverted"):
+        return " (inverted: its background is the opposite of the training images'; --no-invert to keep it)"
+    return " (inverted)" if result.get("inverted") else ""

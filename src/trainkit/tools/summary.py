@@ -1,10 +1,13 @@
-"""The table the CLI prints at the end of a run: one row per epoch record."""
+"""A run's epoch records as a table, one row per epoch and each metric once.
+
+The CLI prints the epoch lines as a run goes (one per epoch, terminal or pipe) and not this
+table as well; it is here for tools that summarise finished runs."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from trainkit.training.progress import _fmt
+from trainkit.training.progress import _fmt, shown_metrics
 
 
 def summary_table(history: list[dict[str, Any]], title: str) -> Any:
@@ -12,11 +15,7 @@ def summary_table(history: list[dict[str, Any]], title: str) -> Any:
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    keys = (
-        ["epoch", "step"]
-        + [k for k in (history[0] if history else {}) if k.startswith(("train_", "val_"))]
-        + ["epoch_time"]
-    )
+    keys = ["epoch", "step", *shown_metrics(history), "epoch_time"]  # each metric once
     for key in keys:
         table.add_column("epoch time s" if key == "epoch_time" else key.replace("_", " "), justify="right")
     for record in history:

@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from trainkit.config import ExperimentConfig
+from trainkit.config import ExperimentConfig, check_metric_for_task
 from trainkit.errors import ConfigError, TrainkitError
 from trainkit.registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULERS
 from trainkit.training import hostmem, rng
 from trainkit.training.batches import Augment, Batches
-from trainkit.training.data import DataBundle, DatasetInfo, TensorSplit
+from trainkit.training.data import DataBundle, DatasetInfo, TensorSplit, border_mean
 from trainkit.training.distributed import DistContext, resolve_device
 from trainkit.training.loop import Run
 
@@ -31,6 +31,19 @@ def load_data(cfg: ExperimentConfig, record: dict[str, Any] | None = None) -> Da
         raise TrainkitError(
             f"dataset '{cfg.data.name}' returned {type(bundle).__name__}; "
             "a dataset builder must return trainkit.DataBundle"
+        )
+    train = bundle.train
+    if (
+        bundle.info.border is None
+        and isinstance(train, TensorSplit)
+        and train.inputs.dtype == torch.uint8
+        and train.inputs.dim() == 4
+    ):
+        bundle.info.border = border_mean(train.inputs[:1000])  # saved with data_info, for predict
+    declared = DATASETS.get(cfg.data.name).traits.get("task")
+    if declared is not None and declared != bundle.info.task:
+        raise TrainkitError(
+            f"dataset '{cfg.data.name}' is registered with task={declared!r} but built a {bundle.info.task} data set"
         )
     return bundle
 
@@ -118,18 +131,10 @@ def build_run(
         channels_last=t.channels_last,
         limit=t.limit_batches,
     )
+    check_metric_for_task(t.early_stopping, bundle.info.task)  # for data sets that declare no task
     steps_per_epoch = math.ceil(len(train) / t.accumulate_grad_batches)
-    optimizer = OPTIMIZERS.build(cfg.optimizer.name, cfg.optimizer.options(), params=module.parameters())
-    scheduler = None
-    if cfg.scheduler is not None:
-        scheduler = SCHEDULERS.build(
-            cfg.scheduler.name,
-            cfg.scheduler.options(),
-            optimizer=optimizer,
-            total_steps=steps_per_epoch * t.epochs,
-            steps_per_epoch=steps_per_epoch,
-            epochs=t.epochs,
-        )
+    optimizer = build_optimizer(cfg, module)
+    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
     model: Any = module  # what the step calls: maybe DDP-wrapped and/or compiled
     if dist.enabled:
@@ -159,6 +164,26 @@ def build_run(
         label_smoothing=t.label_smoothing,
         early_stopping=t.early_stopping,
         monitor=("val_accuracy", "max") if classification else ("val_loss", "min"),
+    )
+
+
+def build_optimizer(cfg: ExperimentConfig, module: torch.nn.Module) -> torch.optim.Optimizer:
+    return OPTIMIZERS.build(cfg.optimizer.name, cfg.optimizer.options(), params=module.parameters())
+
+
+def build_scheduler(cfg: ExperimentConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Any:
+    """The config's scheduler, planned over the epochs it covers: the whole run, or from
+    `scheduler.start_epoch` on when a resumed run was given a new schedule."""
+    if cfg.scheduler is None:
+        return None
+    epochs = cfg.trainer.epochs - cfg.scheduler.start_epoch
+    return SCHEDULERS.build(
+        cfg.scheduler.name,
+        cfg.scheduler.options(),
+        optimizer=optimizer,
+        total_steps=steps_per_epoch * epochs,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
     )
 
 

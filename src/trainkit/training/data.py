@@ -32,6 +32,9 @@ class DatasetInfo:
     # target_std, and evaluation reports mse, mae and r2 in the target's own units.
     target_mean: tuple[float, ...] | None = None
     target_std: tuple[float, ...] | None = None
+    # mean of the images' one-pixel border, scaled to [0, 1] (MNIST: about 0, dark): lets
+    # `trainkit predict` notice a photo whose background is the other way round
+    border: float | None = None
 
     def __post_init__(self) -> None:
         if self.task == "classification" and self.num_classes:
@@ -50,6 +53,12 @@ class TensorSplit:
 
     def to(self, device: torch.device) -> TensorSplit:
         return TensorSplit(self.inputs.to(device), self.targets.to(device))
+
+
+def border_mean(images: torch.Tensor) -> float:
+    """Mean of the one-pixel frame of uint8 images (..., H, W), in [0, 1]."""
+    frame = torch.cat([images[..., 0, :], images[..., -1, :], images[..., 1:-1, 0], images[..., 1:-1, -1]], dim=-1)
+    return frame.float().mean().item() / 255
 
 
 @dataclass

@@ -11,7 +11,7 @@ Peak memory stays what the step needs; the memory simply is not given back betwe
 This changes the whole process, so it is explicit: `trainer.host_memory: keep | default`;
 unset, it is on for the `trainkit` command (which owns its process; the CLI calls
 `set_default("keep")`) and off for the Python API, where the process is the user's
-notebook or program. It is logged once when applied. The standard way to get the same
+notebook or program. When it is on, the run's start line says so (`note()`). The standard way to get the same
 without trainkit is the environment:
 GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824
 """
@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 import sys
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
 _MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's ceiling on 64-bit systems
 _done = False
 _default_policy = "default"
-log = logging.getLogger("trainkit")
 
 
 def set_default(policy: str) -> None:
@@ -40,14 +38,14 @@ def apply(policy: str | None) -> bool:
     """Keep freed memory if `policy` (or the process default when None) says "keep"."""
     if (policy or _default_policy) != "keep":
         return False
-    already = _done
-    applied = keep_freed_memory()
-    if applied and not already:
-        log.info(
-            "host memory: freed blocks kept for reuse (glibc malloc mmap threshold 32 MiB, no trimming) "
-            "for faster CPU steps; trainer.host_memory=default leaves malloc as it is"
-        )
-    return applied
+    return keep_freed_memory()
+
+
+def note() -> str | None:
+    """What a run's start line says about it, once it is on in this process (None if off)."""
+    if not _done:
+        return None
+    return "host memory: freed blocks kept for reuse (trainer.host_memory=default leaves malloc as it is)"
 
 
 def keep_freed_memory() -> bool:

@@ -119,6 +119,7 @@ class Events(Protocol):
     def save(self, state: TrainState, is_best: bool) -> None: ...
     def stop_requested(self, state: TrainState) -> bool: ...
     def progress(self, epoch: int, total: int, start: int) -> Any: ...
+    def eval_progress(self, total: int) -> Any: ...
 
 
 def fit(run: Run, state: TrainState, events: Events) -> TrainState:
@@ -126,7 +127,8 @@ def fit(run: Run, state: TrainState, events: Events) -> TrainState:
     while state.epoch < run.epochs and not state.stopped_early:
         started = time.time()
         train_loss = train_one_epoch(run, state, events)
-        metrics = evaluate(run.eval_model, run.eval_batches, run.task, run.device, run.dist, run.precision)
+        bar = events.eval_progress(len(run.eval_batches))
+        metrics = evaluate(run.eval_model, run.eval_batches, run.task, run.device, run.dist, run.precision, bar)
         record = {
             "type": "epoch",
             "epoch": state.epoch + 1,
@@ -261,16 +263,19 @@ def evaluate(
     device: torch.device,
     dist: DistContext | None = None,
     precision: str = "fp32",
+    bar: Any = None,
 ) -> dict[str, float]:
     """Loss and accuracy (classification) or loss, MSE, MAE and R² (regression) over every
     sample, all ranks. Regression metrics are in the target's own units: a data set that
     standardised its targets says how in DatasetInfo.target_std, and the loss stays the
-    training objective (the MSE of what the model predicts)."""
+    training objective (the MSE of what the model predicts).
+
+    `bar` (a tqdm bar or None) advances once per batch, without reading the device."""
     dist = dist or DistContext()
     was_training = model.training
     model.eval()
     if task != "classification":
-        return _evaluate_regression(model, batches, device, dist, precision, was_training)
+        return _evaluate_regression(model, batches, device, dist, precision, was_training, bar)
     sums = torch.zeros(1, device=device)  # loss sum
     counts = torch.zeros(2, dtype=torch.int64, device=device)  # correct, samples
     for x, y in batches():
@@ -279,6 +284,10 @@ def evaluate(
         sums[0] += F.cross_entropy(out, y, reduction="sum")
         counts[0] += (out.argmax(1) == y).sum()
         counts[1] += len(y)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     dist.all_reduce_sum(sums)
     dist.all_reduce_sum(counts)
     model.train(was_training)
@@ -295,6 +304,7 @@ def _evaluate_regression(
     dist: DistContext,
     precision: str,
     was_training: bool,
+    bar: Any = None,
 ) -> dict[str, float]:
     # Per output, in the model's units: squared and absolute error sums, and the targets' sum
     # and sum of squares for R²'s total variance. float64 where the device has it (MPS has
@@ -315,6 +325,10 @@ def _evaluate_regression(
         sums[2] += target.sum(0)
         sums[3] += target.square().sum(0)
         samples += len(y)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     if sums is None:  # this rank had no samples; the others' sums have the data set's width
         sums = torch.zeros(4, batches.info.num_outputs, dtype=dtype, device=device)
     dist.all_reduce_sum(sums)

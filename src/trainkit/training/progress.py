@@ -19,6 +19,21 @@ def _interactive() -> bool:
     return sys.stderr.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
+# A metric that repeats another under a second name: regression's validation loss is its MSE.
+_SAME_AS = {"val_mse": "val_loss"}
+
+
+def shown_metrics(records: list[dict[str, Any]]) -> list[str]:
+    """The metric keys of epoch records worth showing: each once (val_mse is left out where it
+    only repeats val_loss)."""
+    keys = list(dict.fromkeys(k for r in records for k in r if k.startswith(("train_", "val_"))))
+    return [
+        k
+        for k in keys
+        if not (k in _SAME_AS and _SAME_AS[k] in keys and all(r.get(k) == r.get(_SAME_AS[k]) for r in records))
+    ]
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 1000 else f"{value:.4g}"
@@ -46,6 +61,13 @@ class Reporter:
         )
         return self._bar
 
+    def eval_progress(self, total: int) -> tqdm | None:
+        """A bar while the validation set is evaluated (on a terminal only)."""
+        if not self.bars:
+            return None
+        self._bar = tqdm(total=total, desc="validating", unit="batch", file=sys.stderr, leave=False, dynamic_ncols=True)
+        return self._bar
+
     def record(self, record: dict[str, Any], epochs: int) -> None:
         if self.quiet:
             return
@@ -53,7 +75,7 @@ class Reporter:
             if self._bar is not None:
                 self._bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
         elif record["type"] == "epoch":
-            keys = [k for k in record if k.startswith(("train_", "val_"))]
+            keys = shown_metrics([record])
             parts = " ".join(f"{k} {_fmt(record[k])}" for k in keys)
             self.message(f"epoch {record['epoch']}/{epochs}: {parts} ({record['epoch_time']:.1f} s)")
 

@@ -27,8 +27,10 @@ from trainkit.training.loop import Run, TrainState
 
 log = logging.getLogger("trainkit")
 CPU = torch.device("cpu")
-# Rebuilding a model needs none of the logging machinery the run was trained with.
-REBUILD_OVERRIDES = ["logging.tensorboard=false", "trainer.device=cpu"]
+# Rebuilding a model needs none of the logging machinery the run was trained with, and its
+# weights in the standard layout: channels-last weights are not contiguous, and torch.export
+# saves such a tensor as a view it warns about ("No complete tensor found in the group").
+REBUILD_OVERRIDES = ["logging.tensorboard=false", "trainer.device=cpu", "trainer.channels_last=false"]
 
 
 def _clean_keys(state_dict: dict[str, Any]) -> dict[str, Any]:
@@ -80,9 +82,16 @@ def train_state(checkpoint: Checkpoint, source: str | Path) -> TrainState:
 
 
 def restore_training(
-    checkpoint: Checkpoint, run: Run, module: torch.nn.Module, source: str, batch_size: int
+    checkpoint: Checkpoint,
+    run: Run,
+    module: torch.nn.Module,
+    source: str,
+    batch_size: int,
+    load_scheduler: bool = True,
 ) -> TrainState:
-    """Model, optimizer, scheduler, scaler and RNG from a checkpoint; returns the loop state."""
+    """Model, optimizer, scheduler, scaler and RNG from a checkpoint; returns the loop state.
+
+    `load_scheduler=False` when the resume changes the schedule (retune.py sets its state)."""
     load_model_state(module, checkpoint.model, source)
     # what a fresh run has, to compare the loaded hyper-parameters with (statecheck.py)
     fresh_groups = run.optimizer.state_dict()["param_groups"]
@@ -93,7 +102,7 @@ def restore_training(
         raise CheckpointError(f"{source}: optimizer or scheduler state does not fit this run: {_some(before)}")
     try:
         run.optimizer.load_state_dict(checkpoint.optimizer or {})
-        if run.scheduler is not None and checkpoint.scheduler is not None:
+        if load_scheduler and run.scheduler is not None and checkpoint.scheduler is not None:
             run.scheduler.load_state_dict(checkpoint.scheduler)
         if run.scaler is not None and checkpoint.scaler:
             run.scaler.load_state_dict(checkpoint.scaler)

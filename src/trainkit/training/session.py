@@ -8,6 +8,7 @@ every rank.
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 import time
 from collections.abc import Sequence
@@ -74,6 +75,57 @@ def make_checkpoint(
         metrics_offset=metrics_offset,
         saved_at=time.time(),
     )
+
+
+def early_stop(cfg: ExperimentConfig, state: TrainState) -> dict[str, Any] | None:
+    """Why the run stopped early (None if it did not): the metric, its best value and epoch,
+    and how many epochs followed without improving on it."""
+    stopper = cfg.trainer.early_stopping
+    if not state.stopped_early or stopper is None:
+        return None
+    return {
+        "metric": stopper.metric,
+        "mode": stopper.mode,
+        "best": state.stop_metric_best,
+        "best_epoch": state.epoch - state.bad_epochs,
+        "epochs_without_improvement": state.bad_epochs,
+        "patience": stopper.patience,
+        "min_delta": stopper.min_delta,
+    }
+
+
+def describe_early_stop(stop: dict[str, Any]) -> str:
+    """'val_accuracy did not improve on 0.9800 (epoch 2) for 3 epochs'."""
+    best = stop["best"]
+    best_text = f"{best:.4g}" if isinstance(best, float) and abs(best) >= 1000 else f"{best:.4f}"
+    by = f" by more than {stop['min_delta']:g}" if stop["min_delta"] else ""
+    epochs = stop["epochs_without_improvement"]
+    return (
+        f"{stop['metric']} did not improve{by} on {best_text} (epoch {stop['best_epoch']}) "
+        f"for {epochs} epoch{'' if epochs == 1 else 's'}"
+    )
+
+
+def run_summary(
+    folder: RunFolder, state: TrainState, monitor: str, cfg: ExperimentConfig, is_main: bool = True
+) -> dict[str, Any]:
+    """What train and resume return: plain data about where the run stands."""
+    history = read_records(folder.path, "epoch") if is_main else []
+    return {
+        "run_dir": str(folder.path),
+        "epochs": state.epoch,
+        "step": state.step,
+        "best_metric": state.best_metric,
+        "best_epoch": state.best_epoch,
+        "monitor": monitor,
+        "stopped_early": state.stopped_early,
+        "early_stop": early_stop(cfg, state),
+        "already_complete": False,
+        "final": history[-1] if history else {},
+        "history": history,
+        "last_checkpoint": str(folder.last),
+        "best_checkpoint": str(folder.best),
+    }
 
 
 class Sink(Protocol):
@@ -155,6 +207,9 @@ class Session:
     def progress(self, epoch: int, total: int, start: int) -> Any:
         return self.reporter.progress(epoch, self.run.epochs, total, start)
 
+    def eval_progress(self, total: int) -> Any:
+        return self.reporter.eval_progress(total)
+
     # -- driving
     def _status(self, status: str, state: TrainState, message: str | None = None) -> None:
         write_status(
@@ -166,15 +221,21 @@ class Session:
             best_metric=state.best_metric,
             monitor=self.run.monitor[0],
             message=message,
+            stopped_early=state.stopped_early,
+            steps_per_epoch=math.ceil(len(self.run.train_batches) / self.run.accumulate),  # for `trainkit plot`
         )
 
-    def fit(self, state: TrainState) -> dict[str, Any]:
+    def fit(self, state: TrainState, records: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+        """Train from `state` to the end; `records` (e.g. a resume's "change" record) are
+        logged first, where the run continues."""
         try:
             with StopRequest() as self.stop:
                 if self.ctx.is_main:
                     self._status("running", state)
                 for sink in self.sinks:
                     sink.start(self.folder.path, self.cfg.to_dict(), state.step)
+                for record in records:
+                    self.log(record)
                 try:
                     fit(self.run, state, self)
                 except StopTraining as stop:
@@ -191,21 +252,9 @@ class Session:
         except BaseException as exc:
             self._final("failed", state, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             raise
-        self._final("complete", state)
-        history = read_records(self.folder.path, "epoch") if self.ctx.is_main else []
-        return {
-            "run_dir": str(self.folder.path),
-            "epochs": state.epoch,
-            "step": state.step,
-            "best_metric": state.best_metric,
-            "best_epoch": state.best_epoch,
-            "monitor": self.run.monitor[0],
-            "stopped_early": state.stopped_early,
-            "final": history[-1] if history else {},
-            "history": history,
-            "last_checkpoint": str(self.folder.last),
-            "best_checkpoint": str(self.folder.best),
-        }
+        stopped = early_stop(self.cfg, state)
+        self._final("complete", state, f"stopped early: {describe_early_stop(stopped)}" if stopped else None)
+        return run_summary(self.folder, state, self.run.monitor[0], self.cfg, self.ctx.is_main)
 
     def _final(self, status: str, state: TrainState, message: str | None = None) -> None:
         if self.ctx.is_main:
