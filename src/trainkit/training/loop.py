@@ -39,6 +39,7 @@ class TrainState:
     stop_metric_best: float | None = None  # early stopping's own best (it may watch another metric)
     bad_epochs: int = 0  # epochs without improvement, for early stopping
     stopped_early: bool = False
+    ended_by: str | None = None  # a sink ended the run on purpose ("pruned"): it is never continued
 
     def to_dict(self) -> dict[str, Any]:
         # a snapshot: the loop keeps appending to epoch_losses after a checkpoint is made
@@ -59,6 +60,8 @@ class TrainState:
         for name in ("best_metric", "stop_metric_best"):
             if getattr(state, name) is not None and not isinstance(getattr(state, name), (int, float)):
                 raise ValueError(f"{name} is {getattr(state, name)!r}")
+        if not isinstance(state.stopped_early, bool) or not isinstance(state.ended_by, (str, type(None))):
+            raise ValueError(f"stopped_early is {state.stopped_early!r}, ended_by {state.ended_by!r}")
         return state
 
 

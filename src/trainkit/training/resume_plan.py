@@ -200,6 +200,8 @@ def _complete(plan: ResumePlan, saved: dict[str, Any], position: TrainState, run
     """Why there is nothing to train (with a command that trains more), or None."""
     cfg = plan.cfg
     name = cfg.scheduler.name if cfg.scheduler else None
+    if position.ended_by:  # e.g. a sweep's pruner: the sweep decided, a resume does not undo it
+        return f"({position.ended_by}); a run its sweep ended is not continued: train a new run instead"
     if stopped_early(saved, cfg, position):
         stop = early_stop(cfg, position)
         why = f"stopped early: {describe_early_stop(stop)}" if stop else "stopped early"
@@ -215,6 +217,8 @@ def stopped_early(saved: dict[str, Any], cfg: ExperimentConfig, position: TrainS
     improvement is kept and compared with the new patience)."""
     if not position.stopped_early:
         return False
+    if position.ended_by:
+        return True
     stopper = cfg.trainer.early_stopping
     if stopper is None:
         return False

@@ -185,7 +185,7 @@ class Session:
             offset = self.runlog.sync()
             rng_states, rank_losses = [g[0] for g in gathered], [g[1] for g in gathered]
             if self.sink_stop is not None:  # the run ends here on purpose: resume must not continue it
-                state = dataclasses.replace(state, stopped_early=True)
+                state = dataclasses.replace(state, stopped_early=True, ended_by=self.sink_stop.status)
             checkpoint = make_checkpoint(
                 self.cfg, self.run, self.module, self.bundle, state, rng_states, offset, is_best, rank_losses
             )
