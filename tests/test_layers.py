@@ -64,6 +64,10 @@ def test_config_never_imports_torch():
     assert _violations("trainkit.config", ("torch", "torchvision", "numpy")) == []
 
 
+def test_trackers_never_import_torch_or_the_cli():
+    assert _violations("trainkit.tracking", ("torch", "trainkit.cli", "typer", "rich", "trainkit.tools")) == []
+
+
 def test_training_never_imports_the_cli_or_its_libraries():
     assert _violations("trainkit.training", ("trainkit.cli", "typer", "rich", "trainkit.tools")) == []
 
@@ -75,6 +79,7 @@ def test_training_never_imports_the_cli_or_its_libraries():
         "trainkit.builtin",
         "trainkit.training",
         "trainkit.runfolder",
+        "trainkit.tracking",
         "trainkit.api",
         "trainkit.registry",
         "trainkit.plugins",
@@ -92,6 +97,7 @@ def test_only_the_cli_imports_tools(layer):
         "trainkit.runfolder.layout",
         "trainkit.runfolder.fileio",
         "trainkit.runfolder.runlog",
+        "trainkit.runfolder.lock",
         "trainkit.tools.runs",
         "trainkit.tools.plot",
     ],

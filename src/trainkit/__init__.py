@@ -14,6 +14,7 @@ __all__ = [
     "__version__",
     "train",
     "resume",
+    "auto_resume",
     "evaluate",
     "sweep",
     "load_config",
@@ -31,6 +32,7 @@ __all__ = [
 _LAZY = {
     "train": "trainkit.api",
     "resume": "trainkit.api",
+    "auto_resume": "trainkit.api",
     "evaluate": "trainkit.api",
     "sweep": "trainkit.api",
     "load_config": "trainkit.config",
@@ -46,7 +48,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from trainkit.api import evaluate, resume, sweep, train
+    from trainkit.api import auto_resume, evaluate, resume, sweep, train
     from trainkit.config import load_config
     from trainkit.errors import ConfigError, TrainkitError
     from trainkit.registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULERS

@@ -11,7 +11,11 @@ back when it returns.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,10 +25,12 @@ import torch
 from trainkit import plugins
 from trainkit.config import ExperimentConfig, dump_yaml, get_path, load_config, resolve
 from trainkit.errors import CheckpointError, ConfigError, OutOfMemoryError, UsageError
+from trainkit.runfolder import lock
 from trainkit.runfolder.checkpoint import Checkpoint, load_checkpoint
 from trainkit.runfolder.fileio import atomic_write_text
 from trainkit.runfolder.folder import RunFolder, check_writable_folder, checkpoint_file, open_for_resume
 from trainkit.runfolder.runlog import RunLog
+from trainkit.tracking import sinks_for
 from trainkit.training.build import build, eval_batches, process_settings
 from trainkit.training.distributed import DistContext, from_env, resolve_device
 from trainkit.training.loop import TrainState
@@ -49,23 +55,36 @@ RESUME_FROZEN = tuple(key for key in FROZEN if key != "scheduler.name")
 CHANGEABLE = {"data.root", "data.download", "data.eval_batch_size", "data.path", "data.test_path"}
 
 F = TypeVar("F", bound=Callable[..., Any])
+_held: contextvars.ContextVar[contextlib.ExitStack] = contextvars.ContextVar("trainkit_held")
 
 
 def _api(fn: F) -> F:
-    """Run an API call with the process settings put back after it, and running out of
-    memory reported as trainkit's own error (the CLI maps it to one line and exit 1)."""
+    """Run an API call with the process settings put back after it, the run folder locks it
+    took released, and running out of memory reported as trainkit's own error (the CLI maps
+    it to one line and exit 1)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            with process_settings():
-                return fn(*args, **kwargs)
+            with process_settings(), contextlib.ExitStack() as held:
+                token = _held.set(held)
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    _held.reset(token)
         except torch.OutOfMemoryError:
             raise OutOfMemoryError("out of device memory; lower data.batch_size or data.eval_batch_size") from None
         except MemoryError:
             raise OutOfMemoryError("out of host memory; lower data.batch_size or data.eval_batch_size") from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _lock(run_dir: Path) -> None:
+    """Hold the run folder's lock until this API call returns (runfolder/lock.py). Under
+    torchrun only rank 0 writes the folder, so only rank 0 holds it."""
+    if os.environ.get("RANK", "0") == "0":
+        _held.get().enter_context(lock.hold(run_dir))
 
 
 def _with_device(overrides: list[str] | tuple[str, ...], device: str | None) -> list[str]:
@@ -150,6 +169,7 @@ def train(
     cfg = _load(config, _with_device(overrides, device), _device_label(device))
     check_new_run(cfg)
     folder = RunFolder(cfg.run_dir, cfg.checkpoint.keep_last)
+    _lock(folder.path)
     if folder.holds_run() and not overwrite:
         raise existing_run(folder)
     check_writable_folder(folder.path)
@@ -165,6 +185,7 @@ def train(
         ctx.barrier()
         reporter = Reporter(quiet, enabled=ctx.is_main)
         reporter.message(start_line(cfg, built.device, built.module, built.bundle, ctx))
+        sinks = [*sinks, *sinks_for(cfg)]
         session = Session(cfg, built.run, built.module, built.bundle, folder, runlog, reporter, sinks)
         return session.fit(TrainState())
 
@@ -189,6 +210,8 @@ def resume(
     training/resume_plan.py, retune.py); a run with nothing left to train returns at once with
     `already_complete` True and a `message` saying how to train it longer. `dry_run`: check
     everything resuming needs and return {"run_dir", "config"} without training."""
+    if Path(path).exists():
+        _lock(Path(path) if Path(path).is_dir() else Path(path).parent)
     source, checkpoint, skipped = open_for_resume(path)
     folder = RunFolder(source.parent)
     newest = folder.newest_step()
@@ -242,11 +265,62 @@ def resume(
             f"resuming {folder.path} from {source.name}: epoch {state.epoch + 1}, "
             f"batch {state.batch}, step {state.step}"
         )
+        sinks = [*sinks, *sinks_for(cfg, checkpoint.trackers)]
         record = change_record(plan, state, built.run)
         if record:
             reporter.message(f"changed {describe_changes(record)}")
         session = Session(cfg, built.run, built.module, built.bundle, folder, runlog, reporter, sinks)
         return session.fit(state, [record] if record else [])
+
+
+def _changes(old: Any, new: Any, key: str = "") -> list[str]:
+    """Overrides that turn config `old` into `new` (values as JSON, which YAML reads as is)."""
+    if old == new:
+        return []
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [f"{key}={json.dumps(new)}"]
+    dotted = (key + ".") if key else ""
+    changes = [f"~{dotted}{k}" for k in old if k not in new]
+    for k, value in new.items():
+        changes += _changes(old.get(k), value, dotted + k) if k in old else [f"{dotted}{k}={json.dumps(value)}"]
+    return changes
+
+
+@_api
+def auto_resume(
+    config: str | Path | dict | ExperimentConfig,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    device: str | None = None,
+    quiet: bool = False,
+    sinks: Sequence[Sink] = (),
+    imports: Sequence[str] = (),
+    trust_plugins: bool = False,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Train, continue, or leave alone the run of this config, whichever is due: the one command
+    for a job that a cluster may stop and restart any number of times (`train --auto-resume`).
+
+    No checkpoint yet: train (again from the start, if an earlier try died before its first
+    checkpoint). Checkpoints: resume from the newest, exactly, with the settings of `config`
+    (which must describe the same run; a larger trainer.epochs extends it). Nothing left to
+    train: return at once with `already_complete` True, as `resume` does. `imports`,
+    `trust_plugins` and `dry_run` as for `train` and `resume`."""
+    plugins.import_user_modules(imports)
+    cfg = _load(config, _with_device(overrides, device), _device_label(device))
+    folder = RunFolder(cfg.run_dir, cfg.checkpoint.keep_last)
+    _lock(folder.path)  # held from the decision through the training, so nobody else decides meanwhile
+    if not folder.step_files() and not folder.last.exists():
+        overwrite = folder.holds_run()
+        return train(cfg, quiet=quiet, overwrite=overwrite, sinks=sinks, imports=imports, dry_run=dry_run)
+    source, checkpoint, _ = folder.load_latest()
+    imports = [*imports, *cfg.imports]  # the user's own config names them: their leave to import
+    saved = _saved_config(checkpoint, source, "resume", imports, trust_plugins)
+    _check_frozen(saved, cfg, source, RESUME_FROZEN)
+    changes = _changes(saved, cfg.to_dict())
+    return resume(
+        folder.path, changes, quiet=quiet, sinks=sinks, imports=imports, trust_plugins=trust_plugins, dry_run=dry_run
+    )
 
 
 @_api
@@ -268,9 +342,15 @@ def evaluate(
     path = checkpoint_file(checkpoint)
     loaded = load_checkpoint(path)
     saved = _saved_config(loaded, path, "evaluate", imports, trust_plugins)
-    # Evaluation writes no event files (a run logged to TensorBoard evaluates without it),
-    # and runs wherever it is asked to: a checkpoint trained on `cuda` evaluates on a laptop.
-    overrides = ["logging.tensorboard=false", "trainer.device=auto", *_with_device(overrides, device)]
+    # Evaluation writes no event files and tracks nothing (a run logged to TensorBoard or MLflow
+    # evaluates without them), and runs wherever it is asked to: a checkpoint trained on `cuda`
+    # evaluates on a laptop.
+    overrides = [
+        "logging.tensorboard=false",
+        "logging.mlflow=false",
+        "trainer.device=auto",
+        *_with_device(overrides, device),
+    ]
     cfg = resolve(saved, overrides, source=str(path), labels=_device_label(device))
     _check_frozen(saved, cfg, path)
     with from_env(cfg.trainer.device) as ctx:

@@ -1,7 +1,7 @@
 """The `trainkit` command. Thin: parse arguments, call the API, print, pick the exit code.
 
 This is the only module that turns a TrainkitError into a message and an exit code
-(0 ok, 1 runtime failure, 2 bad usage or config, 130/143 interrupted). torch is never
+(0 ok, 1 runtime failure, 2 bad usage or config, 130/143 interrupted, 124 preempted). torch is never
 imported at module level, so `--help` and `--version` answer instantly.
 """
 
@@ -176,9 +176,9 @@ def _main(
 
 
 def _launch_distributed(nproc: int, argv: list[str], quiet: bool) -> None:
-    """Re-run this command under torch.distributed's own launcher (what torchrun runs),
-    through trainkit._launcher, which exits with the workers' own exit code. This process
-    becomes the launcher (exec), so killing it stops the workers too (they watch it)."""
+    """Re-run this command under torch.distributed's own launcher (what torchrun runs), through
+    trainkit.launch, which forwards SIGUSR1 and exits with the workers' own exit code. This
+    process becomes the launcher (exec), so killing it stops the workers too (they watch it)."""
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads is None:
         # what torchrun would do with a banner: share the CPU cores instead of each process
@@ -194,7 +194,7 @@ def _launch_distributed(nproc: int, argv: list[str], quiet: bool) -> None:
     command = [
         sys.executable,
         "-m",
-        "trainkit._launcher",
+        "trainkit.launch",
         "--standalone",
         f"--nproc_per_node={nproc}",
         "-m",
@@ -282,6 +282,15 @@ def _checkpoint_first(ckpt: str | None, args: list[str] | None, command: str, re
     return args[0], args[1:]
 
 
+def _usage_error(message: str) -> Callable[[], None]:
+    def fail() -> None:
+        from trainkit.errors import UsageError
+
+        raise UsageError(message)
+
+    return fail
+
+
 @app.command(cls=_Command, short_help="Train a model as a YAML config describes.")
 def train(
     config: str = typer.Argument(..., metavar="CONFIG", help="Experiment YAML file."),
@@ -291,32 +300,54 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run that already exists in the folder."),
     nproc: int = NPROC,
     imports: list[str] | None = IMPORTS,
+    auto_resume: bool = typer.Option(
+        False,
+        "--auto-resume",
+        help="Resume the run if it was interrupted, do nothing if it is complete, train otherwise "
+        "(for job scripts that a cluster restarts).",
+    ),
 ) -> None:
     """Train a model as the config describes; checkpoints go to <checkpoint.dir>/<name>/."""
+    if auto_resume and overwrite:
+        _call(_usage_error("--auto-resume and --overwrite contradict each other; choose one"))
     if nproc > 1:
 
-        def check() -> None:  # in this process, before any worker starts: one line, exit 2
+        def check() -> dict[str, Any]:  # in this process, before any worker starts: one line, exit 2
+            from trainkit.api import auto_resume as run_auto_resume
             from trainkit.api import train as run_train
             from trainkit.training.distributed import check_launch
 
-            checked = run_train(
-                config, overrides or [], device=device, overwrite=overwrite, imports=imports or [], dry_run=True
+            checked = (
+                run_auto_resume(config, overrides or [], device=device, imports=imports or [], dry_run=True)
+                if auto_resume
+                else run_train(
+                    config, overrides or [], device=device, overwrite=overwrite, imports=imports or [], dry_run=True
+                )
             )
-            check_launch(checked["config"]["trainer"]["device"], nproc)
+            if not checked.get("already_complete"):
+                check_launch(checked["config"]["trainer"]["device"], nproc)
+            return checked
 
-        _call(check, quiet)
+        checked = _call(check, quiet)
+        if checked.get("already_complete"):  # nothing to train: no processes to start
+            _print_result(checked, quiet, "trained")
+            raise typer.Exit(0)
         _launch_distributed(nproc, _strip_nproc(sys.argv[1:]), quiet)
 
     def body() -> None:
+        from trainkit.api import auto_resume as run_auto_resume
         from trainkit.api import train as run_train
         from trainkit.errors import RunExistsError
 
         _check_device(device)
         _own_process()
         try:
-            result = run_train(
-                config, overrides or [], device=device, quiet=quiet, overwrite=overwrite, imports=imports or []
-            )
+            if auto_resume:
+                result = run_auto_resume(config, overrides or [], device=device, quiet=quiet, imports=imports or [])
+            else:
+                result = run_train(
+                    config, overrides or [], device=device, quiet=quiet, overwrite=overwrite, imports=imports or []
+                )
         except RunExistsError as exc:  # the API says overwrite=True; here it is a flag
             raise exc.reworded("--overwrite") from None
         if _is_main():

@@ -1,7 +1,7 @@
 """The one exception hierarchy of trainkit.
 
 The library raises these; only the CLI turns them into a message and an exit code
-(0 ok, 1 runtime failure, 2 bad usage or config, 130/143 interrupted). Each subclass
+(0 ok, 1 runtime failure, 2 bad usage or config, 130/143 interrupted, 124 preempted). Each subclass
 carries the exit code that fits it, so the CLI never has to guess.
 """
 
@@ -106,6 +106,10 @@ class RunExistsError(UsageError):
         return RunExistsError(self.run_dir, self.state, self.how_to_continue, overwrite)
 
 
+class RunFolderBusyError(UsageError):
+    """Another process holds the run folder's lock (it is training or resuming there)."""
+
+
 class NonFiniteLossError(TrainkitError):
     """The loss became NaN or infinite; the last good checkpoint is left intact."""
 
@@ -151,3 +155,20 @@ class TrainingInterrupted(TrainkitError):
         name = signal.Signals(signum).name
         saved = f"checkpoint saved at step {step}" if run_dir else "nothing saved"
         super().__init__(f"interrupted by {name}; {saved}")
+
+    @staticmethod
+    def for_signal(signum: int, run_dir: str | None, step: int) -> TrainingInterrupted:
+        """The interruption a signal means: SIGUSR1 is a preemption notice, the others a stop."""
+        import signal
+
+        kind = TrainingPreempted if signum == getattr(signal, "SIGUSR1", None) else TrainingInterrupted
+        return kind(signum, run_dir, step)
+
+
+class TrainingPreempted(TrainingInterrupted):
+    """SIGUSR1 arrived (what SLURM sends before a time limit with --signal=USR1@90): a checkpoint
+    was written and the run stopped with exit code 124, so a job script can requeue itself."""
+
+    def __init__(self, signum: int, run_dir: str | None, step: int):
+        super().__init__(signum, run_dir, step)
+        self.exit_code = 124

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -122,9 +122,36 @@ class CheckpointConfig(_Section):
     )
 
 
+class MlflowConfig(_Section):
+    tracking_uri: str | None = Field(
+        None, description="where to track; unset: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working folder"
+    )
+    experiment: str | None = Field(None, description="MLflow experiment; unset: $MLFLOW_EXPERIMENT_NAME, else Default")
+    log_checkpoints: Literal["best", "all", "none"] = Field(
+        "best", description="artifacts: best.pt when the run completes, every checkpoint as saved, or none"
+    )
+
+
+def _mlflow_switch(value: Any) -> Any:
+    # `mlflow: true` is MLflow with every default, `mlflow: false` none at all
+    if value is True:
+        return {}
+    return None if value is False else value
+
+
+def _also_boolean(schema: dict[str, Any]) -> None:
+    schema["anyOf"] = [{"type": "boolean"}, *schema.get("anyOf", [])]
+
+
 class LoggingConfig(_Section):
     tensorboard: bool = Field(
         False, description="also write TensorBoard event files (pip install trainkit[tensorboard])"
+    )
+    mlflow: Annotated[MlflowConfig | None, BeforeValidator(_mlflow_switch)] = Field(
+        None,
+        description="true or {tracking_uri, experiment, log_checkpoints}: track the run in MLflow "
+        "(pip install trainkit[mlflow])",
+        json_schema_extra=_also_boolean,
     )
 
 

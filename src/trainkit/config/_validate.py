@@ -231,6 +231,8 @@ def resolve(
         problems.append(
             Problem(("logging", "tensorboard"), "needs the tensorboard package: pip install 'trainkit[tensorboard]'")
         )
+    if config is not None and config.logging.mlflow is not None and not plugins.has_module("mlflow"):
+        problems.append(Problem(("logging", "mlflow"), "needs the mlflow package: pip install 'trainkit[mlflow]'"))
     if problems:
         problems.sort(key=context.sort_key)
         raise ConfigError([context.format(p) for p in problems], source)

@@ -49,6 +49,7 @@ class Checkpoint:
     data_record: dict[str, Any] | None = None  # DataBundle.record: rebuilds the data exactly (split, index)
     metrics_offset: int = 0  # length of metrics.jsonl when saved: resume cuts it back to this
     plugins: list[str] = field(default_factory=list)  # modules outside trainkit the components came from
+    trackers: dict[str, Any] = field(default_factory=dict)  # what tracking sinks need to continue (MLflow run id)
     versions: dict[str, Any] = field(default_factory=dict)  # trainkit, torch, python that wrote it
     saved_at: float = 0.0
     format_version: int = FORMAT_VERSION
@@ -122,6 +123,7 @@ _EXPECTED: dict[str, tuple[type, ...]] = {
     "data_record": (dict, type(None)),
     "metrics_offset": (int,),
     "plugins": (list, tuple),
+    "trackers": (dict,),
     "versions": (dict,),
     "saved_at": (float, int),
     "format_version": (int,),
@@ -144,9 +146,10 @@ def _migrate(values: dict[str, Any], version: int) -> dict[str, Any]:
 
     Each format adds a step here, so every reader of a checkpoint sees the current fields only.
     """
-    if version < 2:  # format 2 added the data set's record; format-1 data sets had none
+    if version < 2:  # format 2 added the data set's record (format-1 data sets had none) and trackers' state
         values.setdefault("data_record", None)
         values.setdefault("rank_losses", [])  # and each rank's epoch losses (before: rank 0's in `state`)
+        values.setdefault("trackers", {})
     values["format_version"] = FORMAT_VERSION
     return values
 

@@ -71,6 +71,7 @@ class RunFolder:
         for _, path in self.step_files():
             path.unlink()
         shutil.rmtree(self.path / layout.TENSORBOARD, ignore_errors=True)
+        shutil.rmtree(self.path / layout.MLFLOW_STAGING, ignore_errors=True)
 
     def save(self, checkpoint: Checkpoint, is_best: bool) -> Path:
         target = self.path / layout.step_file(checkpoint.step)

@@ -9,6 +9,8 @@
         metrics.jsonl       one JSON record per logged step and per epoch (runlog.py)
         status.json         running / complete / interrupted / failed, for `trainkit runs`
         tensorboard/        event files, when asked for
+        run.lock            held by the one process writing the folder (lock.py); gone when it ends
+        .mlflow-staging/    checkpoints waiting for their MLflow upload (logging.mlflow.log_checkpoints: all)
 
 No torch here: `trainkit runs` and `plot` read run folders without importing it.
 """
@@ -25,6 +27,8 @@ LAST = "last.pt"
 BEST = "best.pt"
 TENSORBOARD = "tensorboard"
 CORRUPT_SUFFIX = ".corrupt"
+LOCK = "run.lock"
+MLFLOW_STAGING = ".mlflow-staging"
 
 STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 TEMP_GLOB = ".*.tmp-*"  # fileio.temp_path's names: a save killed midway

@@ -5,8 +5,9 @@ checkpoint and when it ends), latest.json and metrics.jsonl. Only those small fi
 read, never a checkpoint, so listing many runs is instant and torch is not imported.
 
 A process killed with SIGKILL (or a machine that lost power) cannot write its final
-status: its status.json still says "running". If the pid it names is no longer alive on
-this machine, the run is reported as interrupted.
+status: its status.json still says "running". If nobody holds the run's lock (run.lock,
+tested without waiting; or, for older runs, the pid is no longer alive on this machine),
+the run is reported as interrupted.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import yaml
 
 from trainkit.errors import UsageError
 from trainkit.runfolder.layout import CONFIG, LATEST, RUN_MARKERS
+from trainkit.runfolder.lock import is_locked
 from trainkit.runfolder.runlog import read_json, read_records, read_status
 from trainkit.sweeps.layout import is_sweep, trial_folders
 
@@ -39,6 +41,13 @@ def pid_alive(pid: Any) -> bool:
     except OSError:
         return False
     return True
+
+
+def _writer_alive(folder: Path, status: dict[str, Any]) -> bool:
+    """Whether the process writing the run lives: its lock says so from any machine; runs
+    written before run.lock existed have only the pid, which means something on this one."""
+    locked = is_locked(folder)
+    return locked if locked is not None else pid_alive(status.get("pid"))
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -72,7 +81,7 @@ def run_info(folder: Path) -> dict[str, Any]:
     if state is None:
         epochs_done = epochs_done if epochs_done is not None else _last_epoch(folder)
         state = "unknown"
-    elif state == "running" and not pid_alive(status.get("pid")):
+    elif state == "running" and not _writer_alive(folder, status):
         state = "interrupted"  # killed without the chance to say so (kill -9, power loss)
     updated = status.get("updated")
     if updated is None:

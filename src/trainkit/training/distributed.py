@@ -49,6 +49,14 @@ class DistContext:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
+    def max(self, value: int, device: torch.device) -> int:
+        """The largest of every rank's small non-negative integer (a signal number), on every rank."""
+        if not self.enabled:
+            return value
+        tensor = torch.tensor([float(value)], device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor.item())
+
     def gather(self, obj: Any) -> list[Any] | None:
         """Every rank's `obj` on rank 0 (None elsewhere)."""
         if not self.enabled:

@@ -30,7 +30,12 @@ CPU = torch.device("cpu")
 # Rebuilding a model needs none of the logging machinery the run was trained with, and its
 # weights in the standard layout: channels-last weights are not contiguous, and torch.export
 # saves such a tensor as a view it warns about ("No complete tensor found in the group").
-REBUILD_OVERRIDES = ["logging.tensorboard=false", "trainer.device=cpu", "trainer.channels_last=false"]
+REBUILD_OVERRIDES = [
+    "logging.tensorboard=false",
+    "logging.mlflow=false",
+    "trainer.device=cpu",
+    "trainer.channels_last=false",
+]
 
 
 def _clean_keys(state_dict: dict[str, Any]) -> dict[str, Any]:

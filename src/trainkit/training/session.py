@@ -13,7 +13,7 @@ import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -53,6 +53,7 @@ def make_checkpoint(
     metrics_offset: int,
     is_best: bool,
     rank_losses: list[list[float]] | None = None,
+    trackers: dict[str, Any] | None = None,
 ) -> Checkpoint:
     return Checkpoint(
         versions={"trainkit": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
@@ -73,6 +74,7 @@ def make_checkpoint(
         data_info=dataclasses.asdict(bundle.info),
         data_record=bundle.record,
         metrics_offset=metrics_offset,
+        trackers=trackers or {},
         saved_at=time.time(),
     )
 
@@ -132,12 +134,25 @@ class Sink(Protocol):
     """Something besides the run folder that receives a run's events on rank 0: a tracker
     (MLflow), a sweep's pruner. A sink never changes what is trained; it may end the run by
     raising a TrainkitError from `record`: a RunStopped (a pruned trial) ends it cleanly after
-    the next checkpoint, with the error's status; any other stops it as failed with that message."""
+    the next checkpoint, with the error's status; any other stops it as failed with that message.
+
+    A sink that must find its own state again on resume (MLflow: which run to continue) also
+    has `state_key: str` and `state() -> dict`: the dict is saved in every checkpoint under
+    `trackers[state_key]`, and whoever builds the sink for a resume hands it back."""
 
     def start(self, run_dir: Path, config: dict[str, Any], step: int) -> None: ...
     def record(self, record: dict[str, Any]) -> None: ...
     def checkpoint(self, path: Path, is_best: bool, step: int) -> None: ...
     def finish(self, status: str, message: str | None) -> None: ...
+
+
+@runtime_checkable
+class StatefulSink(Protocol):
+    """The optional part of a Sink that saves its state in checkpoints (see Sink)."""
+
+    state_key: str
+
+    def state(self) -> dict[str, Any]: ...
 
 
 class Session:
@@ -186,8 +201,9 @@ class Session:
             rng_states, rank_losses = [g[0] for g in gathered], [g[1] for g in gathered]
             if self.sink_stop is not None:  # the run ends here on purpose: resume must not continue it
                 state = dataclasses.replace(state, stopped_early=True, ended_by=self.sink_stop.status)
+            trackers = {s.state_key: s.state() for s in self.sinks if isinstance(s, StatefulSink)}
             checkpoint = make_checkpoint(
-                self.cfg, self.run, self.module, self.bundle, state, rng_states, offset, is_best, rank_losses
+                self.cfg, self.run, self.module, self.bundle, state, rng_states, offset, is_best, rank_losses, trackers
             )
             path = self.folder.save(checkpoint, is_best)
             self._status("running", state)
@@ -201,7 +217,12 @@ class Session:
             return local
         # Ranks agree every log_every steps and at epoch ends, so they all stop at the same step.
         if state.batch == 0 or state.step % self.run.log_every == 0:
-            return self.ctx.any(local, self.run.device)
+            # agree on the signal too, so every rank ends the same way (SIGUSR1: exit 124 everywhere)
+            mine = (self.stop.signum or 0) if self.stop is not None else 0
+            signum = self.ctx.max(mine, self.run.device)
+            if signum and self.stop is not None and self.stop.signum is None:
+                self.stop.signum = signum
+            return signum > 0
         return False
 
     def progress(self, epoch: int, total: int, start: int) -> Any:
@@ -242,7 +263,7 @@ class Session:
                     if self.sink_stop is not None:
                         raise self.sink_stop from None
                     signum = self.stop.signum or 15  # other ranks stop because rank 0 did: SIGTERM
-                    raise TrainingInterrupted(signum, str(self.folder.path), stop.step) from None
+                    raise TrainingInterrupted.for_signal(signum, str(self.folder.path), stop.step) from None
         except TrainingInterrupted as exc:
             self._final("interrupted", state, str(exc))
             raise

@@ -1,7 +1,9 @@
-"""SIGINT / SIGTERM during training: finish the step, checkpoint, stop.
+"""SIGINT / SIGTERM / SIGUSR1 during training: finish the step, checkpoint, stop.
 
 The handler only records the signal; the loop looks at the flag between steps (a plain
-attribute read, no device sync), so the model is never left half-updated.
+attribute read, no device sync), so the model is never left half-updated. SIGUSR1 is the
+preemption notice of batch schedulers (SLURM's `--signal=USR1@90`): the same stop, but the
+run ends with exit code 124 so that the job script knows to requeue it (errors.TrainingPreempted).
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from types import FrameType
 
 
 class StopRequest:
-    """Context manager that turns the first SIGINT/SIGTERM into a flag."""
+    """Context manager that turns the first SIGINT/SIGTERM/SIGUSR1 into a flag."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    # SIGUSR1 does not exist on Windows
+    SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if s is not None)
 
     def __init__(self) -> None:
         self.signum: int | None = None
