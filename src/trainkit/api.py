@@ -36,7 +36,17 @@ from trainkit.training.session import Session, Sink
 
 # What a resumed or evaluated run may not change: it would no longer be the same run.
 FROZEN = ("name", "seed", "model", "data", "optimizer.name", "scheduler.name", "trainer.accumulate_grad_batches")
-CHANGEABLE = {"data.root", "data.download", "data.eval_batch_size"}
+# Where the data is read from and how, not what it is: a resume may change these.
+# (on_bad_file: error -> skip lets a run stopped by a bad file go on; it changes nothing before that file.)
+CHANGEABLE = {
+    "data.root",
+    "data.download",
+    "data.eval_batch_size",
+    "data.num_workers",
+    "data.cache",
+    "data.cache_dir",
+    "data.on_bad_file",
+}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
