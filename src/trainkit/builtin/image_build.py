@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from trainkit.builtin.image_cache import cache_folder, cached_pixels, probe_files
-from trainkit.builtin.image_decode import ImageFileError, decode_file
+from trainkit.builtin.image_decode import ImageFileError, decode_file, load_decoders
 from trainkit.builtin.image_index import (
     EXCLUDED,
     TEST,
@@ -291,12 +291,14 @@ def build_image_folder(
             mapped = np.load(pixels.path, mmap_mode="r")
             plan.mean, plan.std = _mean_std([mapped[i] for i in sample if i not in pixels.failed], plan.channels)
             del mapped
-    elif sample is not None:
-        chunks = [sample[i : i + 128] for i in range(0, len(sample), 128)]
-        reader = _DecodeRows(scan.root, scan.table, plan.channels, plan.size)
-        decoded = [item for part in parallel_map(reader, chunks, num_workers) for item in part]
-        _exclude(plan, scan, {i: r for i, r in decoded if isinstance(r, str)}, skip_bad)
-        plan.mean, plan.std = _mean_std([r for _, r in decoded if not isinstance(r, str)], plan.channels)
+    else:
+        load_decoders()  # files are decoded from here on: imported once here, not in each worker
+        if sample is not None:
+            chunks = [sample[i : i + 128] for i in range(0, len(sample), 128)]
+            reader = _DecodeRows(scan.root, scan.table, plan.channels, plan.size)
+            decoded = [item for part in parallel_map(reader, chunks, num_workers) for item in part]
+            _exclude(plan, scan, {i: r for i, r in decoded if isinstance(r, str)}, skip_bad)
+            plan.mean, plan.std = _mean_std([r for _, r in decoded if not isinstance(r, str)], plan.channels)
     if mean is not None:
         plan.mean = tuple(mean)
     if std is not None:

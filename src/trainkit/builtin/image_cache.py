@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainkit.builtin.image_decode import ImageFileError, decode_file, probe_file
+from trainkit.builtin.image_decode import ImageFileError, decode_file, load_decoders, probe_file
 from trainkit.builtin.image_index import FileTable
 from trainkit.training.loader import parallel_map
 
@@ -160,6 +160,8 @@ def probe_files(root: Path, table: FileTable, folder: Path | None, num_workers: 
                 probes.reason[i] = old.reason[j]
         todo = np.array(missing, dtype=np.int64)
     chunks = _chunks(todo)
+    if chunks:
+        from PIL import Image  # noqa: F401  (imported once, before the workers fork)
     for rows, results in zip(chunks, parallel_map(_ProbeChunk(root, table), chunks, num_workers), strict=True):
         for i, (h, w, grey, reason) in zip(rows.tolist(), results, strict=True):
             probes.height[i], probes.width[i], probes.grey[i], probes.reason[i] = h, w, grey, reason
@@ -172,12 +174,18 @@ def probe_files(root: Path, table: FileTable, folder: Path | None, num_workers: 
 
 
 def pixels_key(root: Path, table: FileTable, channels: int, size: tuple[int, int]) -> str:
-    import torchvision
+    # the decoder's version from the package metadata: importing torchvision costs seconds
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        decoder = f"torchvision {version('torchvision')}"
+    except PackageNotFoundError:  # pragma: no cover - a source checkout without metadata
+        import torchvision
+
+        decoder = f"torchvision {torchvision.__version__}"
     h = hashlib.sha256()
-    for part in (f"format {FORMAT}", str(root.resolve()), table.digest(), f"{channels}x{size[0]}x{size[1]}"):
+    for part in (f"format {FORMAT}", str(root.resolve()), table.digest(), f"{channels}x{size[0]}x{size[1]}", decoder):
         h.update(part.encode() + b"\0")
-    h.update(f"torchvision {torchvision.__version__}".encode())
     return h.hexdigest()[:32]
 
 
@@ -257,6 +265,7 @@ def _build(
     key: str,
     num_workers: int,
 ) -> PixelCache:
+    load_decoders()  # before the workers fork
     temp = folder / f"pixels-{key}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     temp.mkdir()
     try:

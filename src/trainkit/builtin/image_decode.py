@@ -141,6 +141,15 @@ def _decoder_reason(kind: str, exc: Exception) -> str:
     return f"truncated or corrupt {kind} data ({text.rstrip('.')})"
 
 
+def load_decoders() -> None:
+    """Import torchvision's decoders here, once, before loader workers are forked: each worker
+    would otherwise import torchvision itself (seconds each). Not at module level: a run whose
+    images are all in the cache never needs them, and skips the import."""
+    import torchvision.io  # noqa: F401
+    import torchvision.transforms.v2.functional  # noqa: F401
+    from PIL import Image  # noqa: F401
+
+
 def decode_bytes(data: bytes, path: str | Path, channels: int, size: tuple[int, int] | None) -> torch.Tensor:
     """Encoded bytes -> uint8 (channels, H, W), resized to `size` = (H, W) when given and different."""
     kind = sniff(data[:16])

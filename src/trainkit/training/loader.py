@@ -22,12 +22,14 @@ by rank); this module only reads them, so the batches are the same whoever reads
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import signal
 import threading
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -195,11 +197,11 @@ class _Plan:
 
 
 def _worker_init(worker_id: int) -> None:
-    # Ctrl-C and a SIGTERM sent to the whole process group are the main process's to handle
-    # (finish the step, save, stop); a worker killed by them would look like a crash. A
-    # worker still ends when the main process goes (DataLoader's watchdog).
+    # Ctrl-C reaches the whole foreground process group: it is the main process's to handle
+    # (finish the step, save, stop); a worker ended by it would look like a crash. SIGTERM
+    # stays deadly: multiprocessing ends leftover workers with it at exit (and a SIGTERM to
+    # the whole group, which ends them too, is turned into an interruption by the loop).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _as_is(result: Any) -> Any:
@@ -208,12 +210,16 @@ def _as_is(result: Any) -> Any:
     return result
 
 
-def _data_loader(dataset: Any, plan: Any, num_workers: int, pin: bool, persistent: bool) -> DataLoader:
-    import warnings
-
+@contextlib.contextmanager
+def _workers_as_asked() -> Iterator[None]:
+    # more workers than cores is the user's call (data.num_workers); torch warns at each start
     with warnings.catch_warnings():
-        # asking for more workers than cores is the user's call; torch would warn on each start
         warnings.filterwarnings("ignore", message=".*worker processes in total.*")
+        yield
+
+
+def _data_loader(dataset: Any, plan: Any, num_workers: int, pin: bool, persistent: bool) -> DataLoader:
+    with _workers_as_asked():
         return DataLoader(
             dataset,
             batch_size=None,  # each key is a whole batch
@@ -232,13 +238,14 @@ def _start(loader: DataLoader) -> Iterator[Any]:
     """iter(loader), without the SIGCHLD handler DataLoader installs: that handler raises in
     whatever the main thread is running when a worker dies (an optimizer step half done).
     A dead worker is found at the next batch read instead (DataLoader polls every 5 s)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGCHLD"):
-        return iter(loader)
-    before = signal.getsignal(signal.SIGCHLD)
-    try:
-        return iter(loader)
-    finally:
-        signal.signal(signal.SIGCHLD, before)
+    with _workers_as_asked():
+        if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGCHLD"):
+            return iter(loader)
+        before = signal.getsignal(signal.SIGCHLD)
+        try:
+            return iter(loader)
+        finally:
+            signal.signal(signal.SIGCHLD, before)
 
 
 def _death(iterator: Any, exc: BaseException, what: str) -> DataLoaderError:
@@ -289,7 +296,8 @@ class Loader:
         if self._iterator is None or self.num_workers == 0:
             self._iterator = _start(self._loader)
         else:  # persistent workers: the same processes go on with the new plan
-            self._iterator = iter(self._loader)
+            with _workers_as_asked():
+                self._iterator = iter(self._loader)
         for _ in range(len(batches)):
             result = _next(self._iterator, what)
             if isinstance(result, _Failure):

@@ -217,10 +217,15 @@ def _saved_on_failure(
     try:
         yield from run.train_batches(state.epoch, state.batch)
     except TrainkitError:
+        saved = False
         if state.batch % run.accumulate == 0 and not run.dist.enabled:
             with contextlib.suppress(TrainkitError):  # the reading error is the one to report
                 _read_losses(run, state, losses)
                 events.save(state, False)
+                saved = True
+        if saved and events.stop_requested(state):
+            # a SIGTERM sent to the whole process group ended the loader's workers as well
+            raise StopTraining(state.step) from None
         raise
 
 
