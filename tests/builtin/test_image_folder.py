@@ -203,3 +203,23 @@ def test_a_plain_dataset_interface_for_anyone(tmp_path):
     assert x.shape == (1, 8, 8) and label == 1
     cached = build(root, tmp_path)
     assert torch.equal(cached.train[3][0], x)
+
+
+def test_predict_names_the_folders_classes_and_reads_a_file_as_training_did(tmp_path, cli):
+    from trainkit.tools.predict import model_inputs, read_image
+    from trainkit.training.batches import Batches
+    from trainkit.training.loader import place
+
+    root = write_folder(tmp_path / "data", train=6, test=2, classes=3, size=10, channels=3, ext=".jpg")
+    result = trainkit.train(image_config(tmp_path, root), quiet=True)
+    bundle = build(root, tmp_path)
+    file = root / "test" / "class_1" / "0007.jpg"
+    position = 3  # test files in order: class_0 0006, 0007, class_1 0006, 0007, ...
+    evaluated = next(
+        Batches(place(bundle.test, torch.device("cpu")), bundle.info, 10, torch.device("cpu"), train=False)()
+    )
+    predicted = model_inputs(read_image(file, bundle.info.input_shape)[None], bundle.info)
+    assert torch.equal(predicted[0], evaluated[0][position]) and evaluated[1][position] == 1
+    code, out, err = cli("predict", "--ckpt", result["run_dir"], file, "-k", "3")
+    assert code == 0, err
+    assert out.startswith(f"{file}: class_") and {"class_0", "class_1", "class_2"} <= set(out.replace(",", " ").split())

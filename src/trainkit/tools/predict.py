@@ -2,9 +2,10 @@
 
 The checkpoint carries everything needed: the resolved config (to rebuild the model) and
 the data set's DatasetInfo (channels, size, class names, normalisation). An image is
-converted to the data set's channels and size, then put through the same `Batches` code
-that fed training, so the model sees it exactly as it saw its training images: uint8
-pixels scaled by 1/255 and normalised by the data set's per-channel mean and std.
+converted to the data set's channels and size by image_folder's decoder (torchvision.io,
+EXIF orientation applied), then put through the same `Batches` code that fed training, so
+the model sees it exactly as it saw its training images: uint8 pixels scaled by 1/255 and
+normalised by the data set's per-channel mean and std.
 """
 
 from __future__ import annotations
@@ -24,23 +25,19 @@ CPU = torch.device("cpu")
 
 
 def read_image(path: str | Path, shape: tuple[int, ...], invert: bool = False) -> torch.Tensor:
-    """A PNG/JPEG/... file as a uint8 (C, H, W) tensor in the data set's channels and size."""
-    from PIL import Image, UnidentifiedImageError
+    """A PNG/JPEG/... file as a uint8 (C, H, W) tensor in the data set's channels and size,
+    decoded and resized by the very code that read an image folder's files for training."""
+    from trainkit.builtin.image_decode import ImageFileError, decode_file
 
     channels, height, width = shape
     if channels not in (1, 3):
         raise UsageError(f"the model takes {channels}-channel images; predict reads 1 (grey) or 3 (RGB) channels")
+    if not Path(path).is_file():
+        raise UsageError(f"image not found: {path}")
     try:
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
-    except FileNotFoundError:
-        raise UsageError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UsageError(f"cannot read image {path}: {exc}") from None
-    if image.size != (width, height):  # other sizes are resized whole (no cropping)
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-    pixels = pixels.view(height, width, channels).permute(2, 0, 1).contiguous()
+        pixels = decode_file(path, channels, (height, width))  # other sizes are resized whole (no cropping)
+    except ImageFileError as exc:
+        raise UsageError(f"cannot read image {path}: {exc.reason}") from None
     return 255 - pixels if invert else pixels
 
 

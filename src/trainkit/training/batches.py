@@ -159,7 +159,8 @@ def random_resized_crop(
     """torchvision's RandomResizedCrop for a whole batch at once: per image, an area fraction
     in `scale` and a log-uniform aspect ratio in `ratio` (10 tries, else the whole image), a
     uniform position, and bilinear resampling back to the input's size (crops are never
-    larger than the image, so no antialiasing is needed). Draws come from `gen` (CPU)."""
+    larger than the image, so no antialiasing is needed): per image the same numbers as
+    `F.interpolate(crop, size, mode="bilinear")`. Draws come from `gen` (CPU)."""
     n, _, h, w = x.shape
     tries = 10
     area = torch.empty(tries, n).uniform_(scale[0], scale[1], generator=gen) * (h * w)
@@ -173,9 +174,18 @@ def random_resized_crop(
     ch = torch.where(first >= 0, ch[pick, torch.arange(n)], torch.tensor(float(h)))
     x0 = torch.floor(torch.rand(n, generator=gen) * (w - cw + 1))
     y0 = torch.floor(torch.rand(n, generator=gen) * (h - ch + 1))
-    # affine_grid maps output [-1, 1] onto the crop's pixel edges [x0, x0 + cw] of the input
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 2] = cw / w, (2 * x0 + cw) / w - 1
-    theta[:, 1, 1], theta[:, 1, 2] = ch / h, (2 * y0 + ch) / h - 1
-    grid = torch.nn.functional.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    # crop then resize, as torchvision does: output pixel j samples the crop at pixel-centre
+    # coordinate (j + 0.5) * crop / size - 0.5, clamped inside the crop; grid_sample wants
+    # those as [-1, 1] coordinates of the whole image (align_corners=False)
+    cols = _sample_points(x0, cw, w)
+    rows = _sample_points(y0, ch, h)
+    grid = torch.stack(torch.broadcast_tensors(cols[:, None, :], rows[:, :, None]), dim=-1)
+    grid = grid.to(x.device, x.dtype)
     return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _sample_points(start: torch.Tensor, length: torch.Tensor, size: int) -> torch.Tensor:
+    """(n, size) grid coordinates of `size` samples spread over [start, start + length) pixels."""
+    centres = (torch.arange(size) + 0.5)[None, :] * (length / size)[:, None] - 0.5
+    source = start[:, None] + centres.clamp(min=torch.zeros(1), max=(length - 1)[:, None])
+    return (source + 0.5) * (2.0 / size) - 1.0
