@@ -5,16 +5,19 @@ decoding per batch trains exactly as the in-memory cache does."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 from collections.abc import Iterator
 
 import pytest
 import torch
 
 import trainkit
-from conftest import assert_same_tensors, load_ckpt, metric_history
+from conftest import assert_same_tensors, load_ckpt, metric_history, write_config
 from helpers_images import image_config, write_folder
 from trainkit.errors import TrainingInterrupted
 from trainkit.registry import DATASETS
+from trainkit.training.batches import epoch_permutation
 from trainkit.training.data import DataBundle
 from trainkit.training.session import Session
 
@@ -116,3 +119,56 @@ def test_decoding_per_batch_trains_exactly_as_the_in_memory_cache(tmp_path):
     trainkit.train(_config(tmp_path, "images", 2, "files"), quiet=True)
     assert_same_tensors(_final(tmp_path / "ckpt" / "files"), _final(tmp_path / "ckpt" / "cached"))
     assert metric_history(tmp_path / "ckpt" / "files") == metric_history(tmp_path / "ckpt" / "cached")
+
+
+class DiesOnce(NoisyImages):
+    """Its loader worker is killed (as by the out-of-memory killer) reading sample `die_at`, once."""
+
+    def __init__(self, n: int, marker: str, die_at: int, offset: int = 0):
+        super().__init__(n, offset)
+        self.marker, self.die_at = marker, die_at
+
+    def __getitem__(self, i: int):
+        if i == self.die_at and torch.utils.data.get_worker_info() is not None:
+            try:
+                os.unlink(self.marker)
+            except FileNotFoundError:
+                pass
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return super().__getitem__(i)
+
+
+def dying_data(seed: int, marker: str, split: str, die_at: int):
+    train = DiesOnce(30, marker, die_at if split == "train" else -1)
+    test = DiesOnce(15, marker, die_at if split == "test" else -1, offset=1)
+    return DataBundle.from_datasets(train, test, num_classes=3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_worker_killed_mid_run_leaves_a_checkpoint_that_resumes_exactly(tmp_path, isolated_registries, cli, split):
+    DATASETS.register("dying_data")(dying_data)
+    order = epoch_permutation(30, 0, 0).tolist()
+    die_at = order[8 * 2 + 1] if split == "train" else 3  # in batch 3 of epoch 1, or in the first evaluation
+    marker = tmp_path / "die-once"
+
+    def config(name):
+        base = _config(tmp_path, "images", 2, name)
+        base["data"] = {"name": "dying_data", "marker": str(marker), "split": split, "die_at": die_at}
+        base["data"] |= {"batch_size": 8, "eval_batch_size": 5, "num_workers": 2}
+        return base
+
+    trainkit.train(config("ref"), quiet=True)
+    marker.write_text("")
+    code, _, err = cli("train", write_config(tmp_path / "run.yaml", config("run")))
+    assert code == 1 and "killed by SIGKILL (the system may have run out of memory)" in err.splitlines()[-1]
+    run_dir = tmp_path / "ckpt" / "run"
+    # batches already read by the killed worker but not yet sent are lost with it: the checkpoint
+    # holds every batch trained before the failure was seen (the whole epoch when evaluating)
+    batch = load_ckpt(run_dir / "last.pt")["state"]["batch"]
+    assert batch <= 2 if split == "train" else batch == 4
+    code, _, err = cli("resume", run_dir, "-q")
+    assert code == 0, err
+    assert_same_tensors(_final(run_dir), _final(tmp_path / "ckpt" / "ref"))
+    assert metric_history(run_dir) == metric_history(tmp_path / "ckpt" / "ref")

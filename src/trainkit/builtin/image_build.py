@@ -283,7 +283,7 @@ def build_image_folder(
     pixels = None
     if folder is not None:
         pixels = cached_pixels(scan.root, scan.table, plan.channels, plan.size, folder, num_workers)
-    sample = _stats_sample(plan, seed) if fresh and mean is None and std is None else None
+    sample = _stats_sample(plan, seed) if fresh and (mean is None or std is None) else None
     if pixels is not None:
         if fresh:
             _exclude(plan, scan, pixels.failed, skip_bad)

@@ -63,7 +63,11 @@ def _locked(folder: Path, name: str) -> Iterator[None]:
         yield
         return
     with open(folder / f"{name}.lock", "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("image_folder: waiting for another process that is filling the cache %s", folder / name)
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -205,6 +205,11 @@ def scan_folder(root: Path) -> FolderScan:
         others = [name for name in top if name not in ("train", *TEST_FOLDERS)]
         if others:
             ignored["folders beside train/ and test/"] += len(others)
+    elif test_folders:
+        raise DataLayoutError(
+            f"image_folder: {root} has {test_folders[0]}/ but no train/ folder: put the training images in "
+            f"{root}/train/<class>/"
+        )
     else:
         test_folder = None
         splits = [("", TRAIN)]

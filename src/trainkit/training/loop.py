@@ -127,7 +127,11 @@ def fit(run: Run, state: TrainState, events: Events) -> TrainState:
     while state.epoch < run.epochs and not state.stopped_early:
         started = time.time()
         train_loss = train_one_epoch(run, state, events)
-        metrics = evaluate(run.eval_model, run.eval_batches, run.task, run.device, run.dist, run.precision)
+        try:
+            metrics = evaluate(run.eval_model, run.eval_batches, run.task, run.device, run.dist, run.precision)
+        except TrainkitError:  # e.g. a loader worker died: the epoch's training is kept
+            _save_before_failure(run, state, events)
+            raise
         record = {
             "type": "epoch",
             "epoch": state.epoch + 1,
@@ -217,16 +221,24 @@ def _saved_on_failure(
     try:
         yield from run.train_batches(state.epoch, state.batch)
     except TrainkitError:
-        saved = False
-        if state.batch % run.accumulate == 0 and not run.dist.enabled:
-            with contextlib.suppress(TrainkitError):  # the reading error is the one to report
-                _read_losses(run, state, losses)
-                events.save(state, False)
-                saved = True
-        if saved and events.stop_requested(state):
+        if _save_before_failure(run, state, events, losses) and events.stop_requested(state):
             # a SIGTERM sent to the whole process group ended the loader's workers as well
             raise StopTraining(state.step) from None
         raise
+
+
+def _save_before_failure(run: Run, state: TrainState, events: Events, losses: torch.Tensor | None = None) -> bool:
+    """Checkpoint the state before a failure to read data ends the run; whether it was saved."""
+    pending = state.batch % run.accumulate != 0 and state.batch != len(run.train_batches)  # unsaved gradients
+    if pending or run.dist.enabled:
+        return False
+    try:
+        if losses is not None:
+            _read_losses(run, state, losses)
+        events.save(state, False)
+    except TrainkitError:  # the reading error is the one to report
+        return False
+    return True
 
 
 def _optimizer_step(run: Run) -> None:
