@@ -13,8 +13,9 @@ orientation (JPEG and PNG) itself. What it cannot do, done here:
   torchvision.transforms.v2.functional.to_dtype(scale=True) does.
 Alpha is dropped (not composited). Other sizes are resized whole (bilinear, antialiased).
 
-`probe_file` reads only a file's header (PIL opens lazily; torchvision has no header-only
-call) to learn its size and whether it is grey, without decoding the pixels.
+`probe_file` reads only a file's header to learn its size and whether it is grey, without
+decoding the pixels: PNG and JPEG headers directly (image_header.py), others through PIL's
+lazy open (torchvision has no header-only call).
 torchvision marks its image decoders deprecated in 0.29 in favour of TorchCodec, which is
 not a dependency here; the DeprecationWarning is silenced around our calls only.
 """
@@ -30,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from trainkit.builtin.image_header import read_header
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 
@@ -90,26 +93,32 @@ class Probe:
 
 def probe_file(path: str | Path) -> Probe:
     """Size (after EXIF orientation, as decode_file will see it) and colour, from the header."""
-    from PIL import Image, UnidentifiedImageError
-
-    head = b""
     try:
         with open(path, "rb") as f:
-            head = f.read(16)
+            head = f.read(64)
             if not head:
                 raise ImageFileError(path, "empty file (0 bytes)")
-            f.seek(0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # PIL's DecompressionBombWarning for huge images
-                with Image.open(f) as image:
-                    width, height = image.size
-                    mode, fmt = image.mode, (image.format or "").upper()
-                    orientation = 1
-                    # EXIF read at open (JPEG APP1, PNG eXIf before IDAT); getexif() would decode a PNG
-                    if "exif" in image.info and fmt in ("JPEG", "PNG"):
-                        orientation = int(image.getexif().get(0x0112, 1) or 1)
-    except ImageFileError:
-        raise
+            quick = read_header(f, head)  # PNG and JPEG without PIL
+    except OSError as exc:
+        raise ImageFileError(path, os_reason(exc)) from None
+    if quick is not None:
+        return Probe(*quick)
+    return _probe_with_pil(path, head)
+
+
+def _probe_with_pil(path: str | Path, head: bytes) -> Probe:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's DecompressionBombWarning for huge images
+            with Image.open(path) as image:
+                width, height = image.size
+                mode, fmt = image.mode, (image.format or "").upper()
+                orientation = 1
+                # EXIF read at open (JPEG APP1, PNG eXIf before IDAT); getexif() would decode a PNG
+                if "exif" in image.info and fmt in ("JPEG", "PNG"):
+                    orientation = int(image.getexif().get(0x0112, 1) or 1)
     except OSError as exc:
         if isinstance(exc, UnidentifiedImageError):
             raise ImageFileError(path, _content_reason(sniff(head))) from None
