@@ -42,10 +42,12 @@ class FileTable:
 
     @classmethod
     def from_entries(cls, entries: list[tuple[str, int, int]]) -> FileTable:
-        encoded = [os.fsencode(path) for path, _, _ in entries]
-        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum([len(e) for e in encoded], out=offsets[1:])
-        blob = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
+        # one encode of all paths joined by NUL (which no path contains), as os.fsencode would
+        joined = os.fsencode("\0".join(path for path, _, _ in entries) + "\0") if entries else b""
+        separators = np.flatnonzero(np.frombuffer(joined, dtype=np.uint8) == 0)
+        offsets = np.zeros(len(entries) + 1, dtype=np.int64)
+        offsets[1:] = separators - np.arange(len(entries))  # positions once the separators are gone
+        blob = np.frombuffer(joined.replace(b"\0", b""), dtype=np.uint8).copy()
         sizes = np.array([s for _, s, _ in entries], dtype=np.int64)
         mtimes = np.array([m for _, _, m in entries], dtype=np.int64)
         return cls(blob, offsets, sizes, mtimes)
@@ -135,8 +137,9 @@ def _walk_class(
 ) -> None:
     """Every image file under one class folder, recursively, in name order."""
     for entry in _listdir(folder, rel, unreadable):
-        relpath = f"{rel}/{entry.name}"
-        if entry.name.startswith("."):
+        name = entry.name
+        relpath = f"{rel}/{name}"
+        if name[0] == ".":
             ignored["hidden"] += 1
             continue
         if _is_dir(entry):
@@ -151,7 +154,8 @@ def _walk_class(
                 continue
             _walk_class(Path(entry.path), relpath, ancestors | {key}, files, unreadable, ignored)
             continue
-        extension = os.path.splitext(entry.name)[1].lower()
+        dot = name.rfind(".")
+        extension = name[dot:].lower() if dot > 0 else ""
         if extension not in EXTENSIONS:
             ignored[extension or ".(no extension)"] += 1
             continue
