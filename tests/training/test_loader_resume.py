@@ -7,13 +7,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
 import torch
 
 import trainkit
-from conftest import assert_same_tensors, load_ckpt, metric_history, write_config
+from conftest import TRAINKIT, assert_same_tensors, load_ckpt, metric_history, subprocess_env, write_config
 from helpers_images import image_config, write_folder
 from trainkit.errors import TrainingInterrupted
 from trainkit.registry import DATASETS
@@ -172,3 +174,90 @@ def test_a_worker_killed_mid_run_leaves_a_checkpoint_that_resumes_exactly(tmp_pa
     assert code == 0, err
     assert_same_tensors(_final(run_dir), _final(tmp_path / "ckpt" / "ref"))
     assert metric_history(run_dir) == metric_history(tmp_path / "ckpt" / "ref")
+
+
+SLOW_PLUGIN = """
+import time
+import torch
+from trainkit import DATASETS, DataBundle
+
+class Slow(torch.utils.data.Dataset):  # reading is the bottleneck: the main process waits on workers
+    def __init__(self, n, offset=0):
+        self.n, self.offset = n, offset
+        self.templates = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    def __len__(self):
+        return self.n
+    def __getitem__(self, i):
+        time.sleep(0.03)
+        label = (i + self.offset) % 3
+        return self.templates[label] + 0.3 * torch.randn(1, 8, 8), label
+
+@DATASETS.register("slow_data")
+def slow_data(seed: int):
+    return DataBundle.from_datasets(Slow(64), Slow(16, 1), num_classes=3)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_to_the_whole_process_group_stops_and_resumes_exactly(tmp_path, signum):
+    """Ctrl-C (and a SIGTERM to every process of the job) reach the loader's workers too, while
+    the main process waits for a batch: the run still stops as interrupted, with a checkpoint,
+    and resumes to the uninterrupted result."""
+    (tmp_path / "slow_plugin.py").write_text(SLOW_PLUGIN)
+
+    def command(*args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [*TRAINKIT, *args], cwd=tmp_path, env=subprocess_env(), start_new_session=True,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    for name in ("ref", "run"):
+        config = _config(tmp_path, "dataset", 2, name)
+        config["imports"] = ["slow_plugin"]
+        config["data"] = {"name": "slow_data", "batch_size": 8, "eval_batch_size": 8, "num_workers": 2}
+        config["trainer"]["log_every"] = 1
+        write_config(tmp_path / f"{name}.yaml", config)
+    assert command("train", "ref.yaml").wait(timeout=600) == 0
+    process = command("train", "run.yaml")
+    metrics = tmp_path / "ckpt" / "run" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signum)  # the process and its loader workers, as a terminal or a scheduler does
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 128 + signum, err
+    assert "resume with: trainkit resume" in err and "Traceback" not in err
+    assert command("resume", "ckpt/run", "-q").wait(timeout=600) == 0
+    assert_same_tensors(_final(tmp_path / "ckpt" / "run"), _final(tmp_path / "ckpt" / "ref"))
+
+
+@pytest.mark.slow
+def test_a_loader_failure_while_a_stop_is_requested_is_an_interruption(tmp_path, isolated_registries, monkeypatch):
+    """When the workers died of the same signal that asked the run to stop (a SIGTERM to the
+    whole process group), the run is interrupted (exit 130/143, checkpoint saved), not failed."""
+    from trainkit.errors import DataLoaderError
+    from trainkit.training.loader import Loader
+
+    DATASETS.register("dying_data")(dying_data)
+    marker = tmp_path / "die-once"
+    marker.write_text("")
+    config = _config(tmp_path, "images", 2)
+    die_at = epoch_permutation(30, 0, 0).tolist()[8 * 2 + 1]
+    config["data"] = {"name": "dying_data", "marker": str(marker), "split": "train", "die_at": die_at}
+    config["data"] |= {"batch_size": 8, "eval_batch_size": 5, "num_workers": 2}
+    signalled = {"stop": False}
+    read = Loader.__call__
+
+    def reading(self, *args):
+        try:
+            yield from read(self, *args)
+        except DataLoaderError:
+            signalled["stop"] = True  # what the signal handler would have set
+            raise
+
+    monkeypatch.setattr(Loader, "__call__", reading)
+    monkeypatch.setattr(Session, "stop_requested", lambda self, state: signalled["stop"])
+    with pytest.raises(TrainingInterrupted) as info:
+        trainkit.train(config, quiet=True)
+    assert load_ckpt(tmp_path / "ckpt" / "run" / "last.pt")["step"] == info.value.step

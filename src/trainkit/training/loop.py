@@ -221,24 +221,23 @@ def _saved_on_failure(
     try:
         yield from run.train_batches(state.epoch, state.batch)
     except TrainkitError:
-        if _save_before_failure(run, state, events, losses) and events.stop_requested(state):
-            # a SIGTERM sent to the whole process group ended the loader's workers as well
-            raise StopTraining(state.step) from None
+        _save_before_failure(run, state, events, losses)
         raise
 
 
-def _save_before_failure(run: Run, state: TrainState, events: Events, losses: torch.Tensor | None = None) -> bool:
-    """Checkpoint the state before a failure to read data ends the run; whether it was saved."""
+def _save_before_failure(run: Run, state: TrainState, events: Events, losses: torch.Tensor | None = None) -> None:
+    """Checkpoint the state before a failure to read data ends the run (the caller re-raises)."""
     pending = state.batch % run.accumulate != 0 and state.batch != len(run.train_batches)  # unsaved gradients
     if pending or run.dist.enabled:
-        return False
+        return
     try:
         if losses is not None:
             _read_losses(run, state, losses)
         events.save(state, False)
     except TrainkitError:  # the reading error is the one to report
-        return False
-    return True
+        return
+    if events.stop_requested(state):  # a SIGTERM to the whole process group ended the workers too
+        raise StopTraining(state.step) from None
 
 
 def _optimizer_step(run: Run) -> None:
