@@ -200,3 +200,20 @@ def test_a_changed_folder_refuses_resume_and_eval_exit_2(cli, tmp_path, folder):
     )
     code, _, err = cli("eval", "--ckpt", run_dir)
     assert code == 2 and "changed since this run was trained" in one_error(err)
+
+
+def test_one_class_folder_is_probably_the_wrong_root_exit_2(cli, tmp_path, folder):
+    code, _, err = run(cli, tmp_path, folder / "train" / "class_0", test_fraction=0.2)
+    assert code == 2
+    assert one_error(err) == (
+        f"image_folder: no class folders in {folder / 'train' / 'class_0'}: expected "
+        f"{folder / 'train' / 'class_0'}/train/<class>/ and {folder / 'train' / 'class_0'}/test/<class>/, "
+        f"or {folder / 'train' / 'class_0'}/<class>/ with data.test_fraction"
+    )
+    single = tmp_path / "single"
+    write_folder(single, train=3, test=1, classes=1)
+    code, _, err = run(cli, tmp_path, single)
+    assert code == 2 and one_error(err) == (
+        f"image_folder: one class folder (class_0) in {single}/train: a classifier needs at least two; "
+        "is data.root the folder that holds the class folders?"
+    )

@@ -87,6 +87,12 @@ def _check_layout(scan: FolderScan, test_fraction: float | None) -> None:
             f"image_folder: no class folders in {inside}: expected {root}/train/<class>/ and "
             f"{root}/test/<class>/, or {root}/<class>/ with data.test_fraction"
         )
+    if len(scan.classes) == 1:
+        inside = f"{root}/train" if has_train else str(root)
+        raise DataLayoutError(
+            f"image_folder: one class folder ({scan.classes[0]}) in {inside}: a classifier needs at least two; "
+            "is data.root the folder that holds the class folders?"
+        )
     if len(scan.table) == 0 and not scan.unreadable:
         ignored = scan.ignored_line()
         raise DataLayoutError(
@@ -285,8 +291,8 @@ def build_image_folder(
         pixels = cached_pixels(scan.root, scan.table, plan.channels, plan.size, folder, num_workers)
     sample = _stats_sample(plan, seed) if fresh and (mean is None or std is None) else None
     if pixels is not None:
-        if fresh:
-            _exclude(plan, scan, pixels.failed, skip_bad)
+        # resumed: a used file that no longer decodes (same size and time, other bytes) is an error
+        _exclude(plan, scan, pixels.failed, skip_bad and fresh)
         if sample is not None:
             mapped = np.load(pixels.path, mmap_mode="r")
             plan.mean, plan.std = _mean_std([mapped[i] for i in sample if i not in pixels.failed], plan.channels)

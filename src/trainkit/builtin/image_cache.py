@@ -220,8 +220,19 @@ class PixelCache:
     failed: dict[int, str]  # index row -> why it could not be decoded
 
 
-def _read_failed(folder: Path) -> dict[int, str]:
-    return {int(k): v for k, v in json.loads((folder / "failed.json").read_text()).items()}
+def _open_existing(final: Path, shape: tuple[int, ...]) -> PixelCache | None:
+    """A finished cache, if it is what its key promises (someone may have truncated it since)."""
+    try:
+        pixels = np.load(final / "pixels.npy", mmap_mode="r")
+        ok = pixels.shape == shape and pixels.dtype == np.uint8
+        del pixels
+        failed = {int(k): str(v) for k, v in json.loads((final / "failed.json").read_text()).items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        log.warning("image_folder: the cache %s is damaged; decoding the images again", final)
+        return None
+    return PixelCache(final / "pixels.npy", failed)
 
 
 def cached_pixels(
@@ -235,8 +246,11 @@ def cached_pixels(
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with _locked(folder, f"pixels-{key}"):
-            if (final / "pixels.npy").exists() and (final / "failed.json").exists():
-                return PixelCache(final / "pixels.npy", _read_failed(final))
+            if final.exists():
+                found = _open_existing(final, (len(table), channels, *size))
+                if found is not None:
+                    return found
+                shutil.rmtree(final, ignore_errors=True)  # damaged since it was written: rebuild
             for stale in folder.glob(f"pixels-{key}.tmp-*"):  # a killed builder's leftovers
                 shutil.rmtree(stale, ignore_errors=True)
             nbytes = len(table) * channels * size[0] * size[1]

@@ -245,7 +245,8 @@ def _start(loader: DataLoader) -> Iterator[Any]:
         try:
             return iter(loader)
         finally:
-            signal.signal(signal.SIGCHLD, before)
+            if before is not None:  # None: a handler not set from Python, which cannot be put back
+                signal.signal(signal.SIGCHLD, before)
 
 
 def _death(iterator: Any, exc: BaseException, what: str) -> DataLoaderError:
