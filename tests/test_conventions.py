@@ -60,8 +60,8 @@ def test_a_data_key_typo_is_matched_against_the_sections_keys_and_the_builders_o
     assert code == 2
     assert err == (
         f"error: {config_file}: override 'data.batchsize=32': data.batchsize: dataset 'synthetic_images' has no "
-        "option 'batchsize'; did you mean 'batch_size'? (data keys: batch_size, eval_batch_size, augment, "
-        "num_classes, channels, size, n_train, n_test, noise, data_seed)\n"
+        "option 'batchsize'; did you mean 'batch_size'? (data keys: batch_size, eval_batch_size, num_workers, "
+        "augment, num_classes, channels, size, n_train, n_test, noise, data_seed)\n"
     )
     code, _, err = cli("validate", config_file, "data.eval_batchsize=32")
     assert "did you mean 'eval_batch_size'?" in err
@@ -183,7 +183,7 @@ def test_a_regression_summary_shows_each_metric_once(tmp_path, capsys):
     from trainkit.training.progress import Reporter, shown_metrics
 
     result = trainkit.train(regression_config(tmp_path), quiet=True)
-    assert shown_metrics(result["history"]) == ["train_loss", "val_loss", "val_mae"]
+    assert shown_metrics(result["history"]) == ["train_loss", "val_loss", "val_mae", "val_r2"]
     Reporter().record(result["history"][0], 2)
     line = capsys.readouterr().err
     assert "val_loss" in line and "val_mse" not in line and line.count("\n") == 1

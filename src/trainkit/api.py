@@ -52,7 +52,19 @@ from trainkit.training.startline import start_line
 FROZEN = ("name", "seed", "model", "data", "optimizer.name", "scheduler.name", "trainer.accumulate_grad_batches")
 # A resume may give the run a new schedule (resume_plan.py checks and records it).
 RESUME_FROZEN = tuple(key for key in FROZEN if key != "scheduler.name")
-CHANGEABLE = {"data.root", "data.download", "data.eval_batch_size", "data.path", "data.test_path"}
+# Where the data is read from and how, not what it is: a resume or eval may change these.
+# (on_bad_file: error -> skip lets a run stopped by a bad file go on; it changes nothing before that file.)
+CHANGEABLE = {
+    "data.root",
+    "data.download",
+    "data.eval_batch_size",
+    "data.num_workers",
+    "data.cache",
+    "data.cache_dir",
+    "data.on_bad_file",
+    "data.path",
+    "data.test_path",
+}
 
 F = TypeVar("F", bound=Callable[..., Any])
 _held: contextvars.ContextVar[contextlib.ExitStack] = contextvars.ContextVar("trainkit_held")

@@ -63,11 +63,28 @@ class DataContentError(DataError):
     exit_code = 2
 
 
-class DataChangedError(DataError):
-    """The data on disk differs from what a checkpoint recorded: resuming or evaluating on it
-    would not be the same run."""
+class BadDataFileError(DataError):
+    """Data files that cannot be read as what they claim to be (empty, truncated, corrupt,
+    unreadable, a symlink loop); the message names the first few and the count."""
+
+
+class DataLayoutError(DataError):
+    """A data folder not laid out as its data set expects (no images, a class folder without
+    images, a class that only the test split has): fixed by pointing elsewhere or reorganising."""
 
     exit_code = 2
+
+
+class DataChangedError(DataError):
+    """The data on disk differs from what a checkpoint recorded (files added, removed,
+    replaced): resuming or evaluating on it would not be the same run."""
+
+    exit_code = 2
+
+
+class DataLoaderError(DataError):
+    """Reading a batch failed in the loader (a worker died or raised); the loop saves a
+    checkpoint of what it had trained before the run ends."""
 
 
 class CheckpointError(TrainkitError):

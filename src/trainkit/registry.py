@@ -149,7 +149,8 @@ class Registry:
 
 # The built-in components live in trainkit.builtin and register exactly as a plugin would.
 MODELS = Registry("model", ["input_shape", "num_classes", "num_outputs"], "trainkit.builtin")
-DATASETS = Registry("dataset", ["seed", "record"], "trainkit.builtin")
+# num_workers: data.num_workers resolved (this machine's cores when unset), for builders that decode
+DATASETS = Registry("dataset", ["seed", "record", "num_workers"], "trainkit.builtin")
 OPTIMIZERS = Registry("optimizer", ["params"], "trainkit.builtin")
 SCHEDULERS = Registry("scheduler", ["optimizer", "total_steps", "steps_per_epoch", "epochs"], "trainkit.builtin")
 

@@ -76,3 +76,41 @@ def test_crop_is_a_shifted_window_of_the_zero_padded_image():
     padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
     windows = [padded[..., i : i + 4, j : j + 4] for i in range(3) for j in range(3)]
     assert any(torch.equal(out, w) for w in windows)
+
+
+def test_random_resized_crop_is_seeded_per_batch_and_keeps_the_shape():
+    x = torch.rand(6, 3, 10, 12)
+    augment = Augment(resized_crop=((0.35, 1.0), (0.75, 1.33)))
+    a, b = augment(x, seed=4), augment(x, seed=4)
+    assert torch.equal(a, b) and a.shape == x.shape
+    assert not torch.equal(a, augment(x, seed=5))
+    assert not torch.equal(a, x)
+
+
+def test_random_resized_crop_of_the_whole_image_is_the_image():
+    x = torch.rand(4, 1, 8, 8)
+    whole = Augment(resized_crop=((1.0, 1.0), (1.0, 1.0)))(x, seed=0)
+    assert torch.allclose(whole, x, atol=1e-6)
+
+
+def test_random_resized_crop_is_crop_then_bilinear_resize():
+    """Each image is some window of the input resized as F.interpolate would (as torchvision does)."""
+    x = torch.rand(8, 2, 9, 12)
+    out = Augment(resized_crop=((0.2, 0.6), (0.5, 2.0)))(x, seed=3)
+    resize = torch.nn.functional.interpolate
+    for image, source in zip(out, x, strict=True):
+        matches = [
+            (top, left, ch, cw)
+            for ch in range(1, 10)
+            for cw in range(1, 13)
+            for top in range(10 - ch)
+            for left in range(13 - cw)
+            if torch.allclose(
+                resize(source[None, :, top : top + ch, left : left + cw], size=(9, 12), mode="bilinear")[0],
+                image,
+                atol=1e-5,
+            )
+        ]
+        assert matches, "not a resized window of its image"
+        _, _, ch, cw = matches[0]
+        assert 0.2 * 108 - 12 <= ch * cw <= 0.6 * 108 + 12  # the area drawn, up to rounding

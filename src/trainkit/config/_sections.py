@@ -69,14 +69,46 @@ class SchedulerConfig(ComponentConfig):
     )
 
 
+def _ordered_pair(lowest: float, highest: float | None):
+    def check(pair: tuple[float, float]) -> tuple[float, float]:
+        low, high = pair
+        if not (lowest < low <= high and (highest is None or high <= highest)):
+            bound = f" and at most {highest}" if highest is not None else ""
+            raise ValueError(f"should be [low, high] with {lowest} < low <= high{bound}")
+        return pair
+
+    return AfterValidator(check)
+
+
+# YAML has lists, no tuples; strict mode takes only a tuple for a tuple field
+_AS_TUPLE = BeforeValidator(lambda value: tuple(value) if isinstance(value, list) else value)
+
+
+class RandomResizedCropConfig(_Section):
+    scale: Annotated[tuple[float, float], _AS_TUPLE, _ordered_pair(0.0, 1.0)] = Field(
+        (0.08, 1.0), description="range of the crop's area, as a fraction of the image's"
+    )
+    ratio: Annotated[tuple[float, float], _AS_TUPLE, _ordered_pair(0.0, None)] = Field(
+        (3 / 4, 4 / 3), description="range of the crop's width / height"
+    )
+
+
 class AugmentConfig(_Section):
     crop_padding: NonNegativeInt = Field(0, description="random crop after zero padding by this many pixels; 0 = off")
     hflip: bool = Field(False, description="random horizontal flip with probability 0.5")
+    random_resized_crop: RandomResizedCropConfig | None = Field(
+        None, description="a random crop of random area and aspect ratio, resized back to the image's size"
+    )
 
 
 class DataConfig(ComponentConfig):
     batch_size: PositiveInt = Field(64, description="training batch size, per process")
     eval_batch_size: PositiveInt = Field(1000, description="evaluation batch size, per process")
+    num_workers: NonNegativeInt | None = Field(
+        None,
+        description="loader worker processes for data read from disk or a Dataset (0: the main process); "
+        "unset: this machine's cores, at most 8",
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 

@@ -2,7 +2,8 @@
 
 The checkpoint carries everything needed: the resolved config (to rebuild the model) and
 the data set's DatasetInfo (channels, size, class names, normalisation). An image is
-converted to the data set's channels and size, then put through the same `Batches` code
+converted to the data set's channels and size by image_folder's decoder (torchvision.io,
+EXIF orientation applied), then put through the same `Batches` code
 that fed training, so the model sees it exactly as it saw its training images: uint8
 pixels scaled by 1/255 and normalised by the data set's per-channel mean and std.
 
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from trainkit import inputfiles
-from trainkit.errors import UsageError, one_line
+from trainkit.errors import UsageError
 from trainkit.training.batches import Batches
 from trainkit.training.data import DatasetInfo, TensorSplit, border_mean
 from trainkit.training.restore import load_trained_model
@@ -31,26 +32,28 @@ CPU = torch.device("cpu")
 
 
 def read_image(path: str | Path, shape: tuple[int, ...], invert: bool = False) -> torch.Tensor:
-    """A PNG/JPEG/... file as a uint8 (C, H, W) tensor in the data set's channels and size."""
-    from PIL import Image, UnidentifiedImageError
+    """A PNG/JPEG/... file as a uint8 (C, H, W) tensor in the data set's channels and size,
+    decoded and resized by the very code that read an image folder's files for training."""
+    from trainkit.builtin.image_decode import ImageFileError, decode_bytes
 
     channels, height, width = shape
     if channels not in (1, 3):
         raise UsageError(f"the model takes {channels}-channel images; predict reads 1 (grey) or 3 (RGB) channels")
     try:
-        with inputfiles.open_regular(path) as file, Image.open(file) as image:  # a named pipe would block open()
-            image = image.convert("L" if channels == 1 else "RGB")
+        with inputfiles.open_regular(path) as file:  # a named pipe would block open()
+            data = file.read()
     except FileNotFoundError:
         raise UsageError(f"image not found: {path}") from None
     except inputfiles.NotAFile as exc:
         raise UsageError(f"{path} {exc.strerror}; give an image file") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
-        reason = inputfiles.describe(exc) if isinstance(exc, OSError) and exc.errno else one_line(exc)
-        raise UsageError(f"cannot read image {path}: {reason}") from None
-    if image.size != (width, height):  # other sizes are resized whole (no cropping)
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-    pixels = pixels.view(height, width, channels).permute(2, 0, 1).contiguous()
+    except OSError as exc:
+        raise UsageError(f"cannot read image {path}: {inputfiles.describe(exc)}") from None
+    if not data:
+        raise UsageError(f"cannot read image {path}: empty file (0 bytes)")
+    try:
+        pixels = decode_bytes(data, path, channels, (height, width))  # other sizes are resized whole (no cropping)
+    except ImageFileError as exc:
+        raise UsageError(f"cannot read image {path}: {exc.reason}") from None
     return 255 - pixels if invert else pixels
 
 

@@ -21,12 +21,19 @@ from trainkit.training import hostmem, rng
 from trainkit.training.batches import Augment, Batches
 from trainkit.training.data import DataBundle, DatasetInfo, TensorSplit, border_mean
 from trainkit.training.distributed import DistContext, resolve_device
+from trainkit.training.loader import default_num_workers, place
 from trainkit.training.loop import Run
+
+
+def num_workers(cfg: ExperimentConfig) -> int:
+    return default_num_workers() if cfg.data.num_workers is None else cfg.data.num_workers
 
 
 def load_data(cfg: ExperimentConfig, record: dict[str, Any] | None = None) -> DataBundle:
     """The data set; `record` is what a checkpoint saved of it (None for a new run)."""
-    bundle = DATASETS.build(cfg.data.name, cfg.data.options(), seed=cfg.seed, record=record)
+    bundle = DATASETS.build(
+        cfg.data.name, cfg.data.options(), seed=cfg.seed, record=record, num_workers=num_workers(cfg)
+    )
     if not isinstance(bundle, DataBundle):
         raise TrainkitError(
             f"dataset '{cfg.data.name}' returned {type(bundle).__name__}; "
@@ -68,18 +75,18 @@ def eval_batches(
     cfg: ExperimentConfig, bundle: DataBundle, device: torch.device, dist: DistContext, split: str = "test"
 ) -> Batches:
     source = bundle.test if split == "test" else bundle.train
-    if isinstance(source, TensorSplit):
-        source = source.to(device)
     return Batches(
-        source,
+        place(source, device),
         bundle.info,
         cfg.data.eval_batch_size,
         device,
         train=False,
+        seed=cfg.seed,
         rank=dist.rank,
         world_size=dist.world_size,
         channels_last=cfg.trainer.channels_last,
         limit=cfg.trainer.limit_eval_batches,
+        num_workers=num_workers(cfg),
     )
 
 
@@ -114,12 +121,12 @@ def build_run(
 ) -> Run:
     """Optimizer, scheduler, batches and wrappers around an already-built model."""
     t = cfg.trainer
-    train_source = bundle.train.to(device) if isinstance(bundle.train, TensorSplit) else bundle.train
-    augment = Augment(cfg.data.augment.crop_padding, cfg.data.augment.hflip)
+    crop = cfg.data.augment.random_resized_crop
+    augment = Augment(cfg.data.augment.crop_padding, cfg.data.augment.hflip, (crop.scale, crop.ratio) if crop else None)
     if augment and len(bundle.info.input_shape) != 3:
         raise ConfigError("data.augment: crop and flip need image inputs (channels, height, width)")
     train = Batches(
-        train_source,
+        place(bundle.train, device),
         bundle.info,
         cfg.data.batch_size,
         device,
@@ -130,6 +137,7 @@ def build_run(
         augment=augment or None,
         channels_last=t.channels_last,
         limit=t.limit_batches,
+        num_workers=num_workers(cfg),
     )
     check_metric_for_task(t.early_stopping, bundle.info.task)  # for data sets that declare no task
     steps_per_epoch = math.ceil(len(train) / t.accumulate_grad_batches)

@@ -83,7 +83,13 @@ class DataBundle:
         num_classes: int | None = None,
         class_names: list[str] | None = None,
     ) -> DataBundle:
-        """Wrap any map-style torch Dataset yielding (input tensor, target)."""
+        """Wrap any map-style torch Dataset yielding (input tensor, target).
+
+        trainkit reads them in `data.num_workers` DataLoader processes, a whole batch per
+        task, in the seeded epoch order. Random transforms stay exact across workers and
+        resumes: before each `dataset[i]`, torch's, numpy's and Python's global generators
+        are seeded from (seed, epoch, i) (`trainkit.training.loader.current_sample()` says
+        which), so draw from them, or seed your own generator with `torch.initial_seed()`."""
         sample = train[0][0]
         shape = tuple(torch.as_tensor(sample).shape)
         return cls(DatasetInfo(task, shape, num_classes, class_names=class_names), train, test)

@@ -13,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
-from trainkit.errors import NonFiniteLossError
+from trainkit.errors import NonFiniteLossError, TrainkitError
 from trainkit.training.batches import Batches
 from trainkit.training.distributed import DistContext
 
@@ -131,7 +132,11 @@ def fit(run: Run, state: TrainState, events: Events) -> TrainState:
         started = time.time()
         train_loss = train_one_epoch(run, state, events)
         bar = events.eval_progress(len(run.eval_batches))
-        metrics = evaluate(run.eval_model, run.eval_batches, run.task, run.device, run.dist, run.precision, bar)
+        try:
+            metrics = evaluate(run.eval_model, run.eval_batches, run.task, run.device, run.dist, run.precision, bar)
+        except TrainkitError:  # e.g. a loader worker died: the epoch's training is kept
+            _save_before_failure(run, state, events)
+            raise
         record = {
             "type": "epoch",
             "epoch": state.epoch + 1,
@@ -181,7 +186,7 @@ def train_one_epoch(run: Run, state: TrainState, events: Events) -> float:
     if state.epoch_losses:
         losses[: len(state.epoch_losses)] = torch.tensor(state.epoch_losses)
     bar = events.progress(state.epoch, total, state.batch)
-    for b, (x, y) in enumerate(batches(state.epoch, state.batch), start=state.batch):
+    for b, (x, y) in enumerate(_saved_on_failure(run, state, losses, events), start=state.batch):
         last_of_group = (b + 1) % run.accumulate == 0 or b + 1 == total
         no_sync = run.dist.enabled and not last_of_group and hasattr(model, "no_sync")
         with model.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
@@ -209,6 +214,35 @@ def train_one_epoch(run: Run, state: TrainState, events: Events) -> float:
     if bar is not None:
         bar.close()
     return _global_mean(run, _read_losses(run, state, losses))
+
+
+def _saved_on_failure(
+    run: Run, state: TrainState, losses: torch.Tensor, events: Events
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The epoch's batches; if reading one fails (a loader worker died, a bad file), first
+    checkpoint what was trained, so the run resumes from there. Not in the middle of an
+    accumulation group (its gradients are not saved) nor under DDP (saving is collective,
+    and the other ranks are not here): there the last checkpoint stands."""
+    try:
+        yield from run.train_batches(state.epoch, state.batch)
+    except TrainkitError:
+        _save_before_failure(run, state, events, losses)
+        raise
+
+
+def _save_before_failure(run: Run, state: TrainState, events: Events, losses: torch.Tensor | None = None) -> None:
+    """Checkpoint the state before a failure to read data ends the run (the caller re-raises)."""
+    pending = state.batch % run.accumulate != 0 and state.batch != len(run.train_batches)  # unsaved gradients
+    if pending or run.dist.enabled:
+        return
+    try:
+        if losses is not None:
+            _read_losses(run, state, losses)
+        events.save(state, False)
+    except TrainkitError:  # the reading error is the one to report
+        return
+    if events.stop_requested(state):  # a SIGTERM to the whole process group ended the workers too
+        raise StopTraining(state.step) from None
 
 
 def _optimizer_step(run: Run) -> None:
