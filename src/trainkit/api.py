@@ -35,7 +35,18 @@ from trainkit.training.restore import load_model_state, restore_training, train_
 from trainkit.training.session import Session, Sink
 
 # What a resumed or evaluated run may not change: it would no longer be the same run.
-FROZEN = ("name", "seed", "model", "data", "optimizer.name", "scheduler.name", "trainer.accumulate_grad_batches")
+FROZEN = (
+    "name",
+    "seed",
+    "model",  # init_from and freeze too: they define where the run started and what it trains
+    "data",
+    "optimizer.name",
+    "optimizer.param_groups",
+    "optimizer.no_decay_norm_and_bias",
+    "scheduler.name",
+    "trainer.accumulate_grad_batches",
+    "trainer.unfreeze_at_epoch",
+)
 CHANGEABLE = {"data.root", "data.download", "data.eval_batch_size"}
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -71,6 +82,8 @@ def _load(config: str | Path | dict | ExperimentConfig, overrides: list[str]) ->
 
 
 def _check_frozen(saved: dict[str, Any], cfg: ExperimentConfig, source: Path) -> None:
+    # compared resolved to resolved: keys added since the run was saved take their defaults
+    saved = resolve(saved, source=str(source)).to_dict()
     new = cfg.to_dict()
     changed = []
     for key in FROZEN:
@@ -130,7 +143,7 @@ def train(
             "choose another name (name=...), or pass --overwrite to replace it"
         )
     with from_env(cfg.trainer.device) as ctx:
-        built = build(cfg, ctx)
+        built = build(cfg, ctx, new_run=True)
         assert built.run is not None
         runlog = None
         if ctx.is_main:
@@ -141,7 +154,9 @@ def train(
         if ctx.enabled:
             batch = cfg.data.batch_size
             reporter.message(f"{ctx.world_size} processes x batch {batch} = effective batch {ctx.world_size * batch}")
-        session = Session(cfg, built.run, built.module, built.bundle, folder, runlog, reporter, sinks)
+        session = Session(
+            cfg, built.run, built.module, built.bundle, folder, runlog, reporter, sinks, built.started_from
+        )
         return session.fit(TrainState())
 
 
@@ -217,7 +232,9 @@ def resume(
             f"resuming {folder.path} from {source.name}: epoch {state.epoch + 1}, "
             f"batch {state.batch}, step {state.step}"
         )
-        session = Session(cfg, built.run, built.module, built.bundle, folder, runlog, reporter, sinks)
+        session = Session(
+            cfg, built.run, built.module, built.bundle, folder, runlog, reporter, sinks, checkpoint.started_from
+        )
         return session.fit(state)
 
 

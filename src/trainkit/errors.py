@@ -45,6 +45,10 @@ class DataError(TrainkitError):
     """Data set files missing, truncated or unreadable."""
 
 
+class MissingWeightsError(TrainkitError):
+    """Pretrained weights asked for are not in the local cache; trainkit never downloads them."""
+
+
 class CheckpointError(TrainkitError):
     """A checkpoint that cannot be written, read or used."""
 

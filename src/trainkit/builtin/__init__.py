@@ -5,6 +5,6 @@ model, data set, optimizer and scheduler; the registries import it on first use.
 torch is imported inside the builders, so listing and validating stay fast.
 """
 
-from trainkit.builtin import datasets, models, optim
+from trainkit.builtin import datasets, models, optim, zoo
 
-__all__ = ["datasets", "models", "optim"]
+__all__ = ["datasets", "models", "optim", "zoo"]

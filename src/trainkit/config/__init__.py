@@ -13,6 +13,9 @@ from trainkit.config._sections import (
     EarlyStoppingConfig,
     ExperimentConfig,
     LoggingConfig,
+    ModelConfig,
+    OptimizerConfig,
+    ParamGroupConfig,
     TrainerConfig,
 )
 from trainkit.config._validate import get_path, load_config, options_model, resolve
@@ -27,6 +30,9 @@ __all__ = [
     "ExperimentConfig",
     "KeyPath",
     "LoggingConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "ParamGroupConfig",
     "TrainerConfig",
     "apply_overrides",
     "dump_yaml",

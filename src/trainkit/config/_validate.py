@@ -17,8 +17,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from trainkit import plugins
+from trainkit.config._finetune import cross_problems, param_group_problems
 from trainkit.config._overrides import apply_overrides
-from trainkit.config._sections import ComponentConfig, DataConfig, ExperimentConfig
+from trainkit.config._sections import ComponentConfig, DataConfig, ExperimentConfig, ModelConfig, OptimizerConfig
 from trainkit.config._yaml import KeyPath, read_yaml_file
 from trainkit.errors import ConfigError
 from trainkit.registry import REGISTRIES, Registry, did_you_mean
@@ -27,9 +28,9 @@ from trainkit.registry import REGISTRIES, Registry, did_you_mean
 _OWN_KEYS = {
     section: set(model.model_fields)
     for section, model in {
-        "model": ComponentConfig,
+        "model": ModelConfig,
         "data": DataConfig,
-        "optimizer": ComponentConfig,
+        "optimizer": OptimizerConfig,
         "scheduler": ComponentConfig,
     }.items()
 }
@@ -131,11 +132,11 @@ def _check_component(section: str, raw: Any, registry: Registry) -> tuple[list[P
     known = registry.options(name)
     problems = []
     for key in given:
-        if key in registry.runtime_inputs:
+        if key in registry.runtime_inputs and key not in known:
             problems.append(
                 Problem((section, key), f"is supplied by trainkit when the {registry.kind} is built; remove it")
             )
-    given = {k: v for k, v in given.items() if k not in registry.runtime_inputs}
+    given = {k: v for k, v in given.items() if k not in registry.runtime_inputs or k in known}
     try:
         validated = options_model(registry, name).model_validate(given)
     except ValidationError as exc:
@@ -186,6 +187,9 @@ def resolve(
     for section, registry in REGISTRIES.items():
         found, options[section] = _check_component(section, raw.get(section), registry)
         problems += found
+    found_tuning = param_group_problems(raw.get("optimizer"), options["optimizer"])
+    found_tuning += cross_problems(config) if config is not None else []
+    problems += [Problem(path, message) for path, message in found_tuning]
     if config is not None and config.logging.tensorboard and not plugins.has_module("tensorboard"):
         problems.append(
             Problem(("logging", "tensorboard"), "needs the tensorboard package: pip install 'trainkit[tensorboard]'")

@@ -47,6 +47,8 @@ class Checkpoint:
     data_record: dict[str, Any] | None = None  # DataBundle.record: rebuilds the data exactly (split, index)
     metrics_offset: int = 0  # length of metrics.jsonl when saved: resume cuts it back to this
     plugins: list[str] = field(default_factory=list)  # modules outside trainkit the components came from
+    # model.init_from of the run: {"path", "kind", "weights_sha256", "reinitialized", "skipped"}
+    started_from: dict[str, Any] | None = None
     versions: dict[str, Any] = field(default_factory=dict)  # trainkit, torch, python that wrote it
     saved_at: float = 0.0
     format_version: int = FORMAT_VERSION
@@ -117,6 +119,7 @@ _EXPECTED: dict[str, tuple[type, ...]] = {
     "data_record": (dict, type(None)),
     "metrics_offset": (int,),
     "plugins": (list, tuple),
+    "started_from": (dict, type(None)),
     "versions": (dict,),
     "saved_at": (float, int),
     "format_version": (int,),
@@ -141,6 +144,7 @@ def _migrate(values: dict[str, Any], version: int) -> dict[str, Any]:
     """
     if version < 2:  # format 2 added the data set's record; format-1 data sets had none
         values.setdefault("data_record", None)
+        values.setdefault("started_from", None)  # and where a fine-tuned run started from
     values["format_version"] = FORMAT_VERSION
     return values
 

@@ -51,6 +51,7 @@ def make_checkpoint(
     rng_states: list[Any],
     metrics_offset: int,
     is_best: bool,
+    started_from: dict[str, Any] | None = None,
 ) -> Checkpoint:
     return Checkpoint(
         versions={"trainkit": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
@@ -70,6 +71,7 @@ def make_checkpoint(
         data_info=dataclasses.asdict(bundle.info),
         data_record=bundle.record,
         metrics_offset=metrics_offset,
+        started_from=started_from,
         saved_at=time.time(),
     )
 
@@ -99,8 +101,10 @@ class Session:
         runlog: RunLog | None,
         reporter: Reporter,
         sinks: Sequence[Sink] = (),
+        started_from: dict[str, Any] | None = None,
     ):
         self.cfg, self.run, self.module, self.bundle = cfg, run, module, bundle
+        self.started_from = started_from  # model.init_from's record, kept in every checkpoint
         self.folder, self.runlog, self.reporter = folder, runlog, reporter
         self.ctx: DistContext = run.dist
         self.stop: StopRequest | None = None
@@ -123,7 +127,7 @@ class Session:
             assert self.runlog is not None and rng_states is not None  # rank 0 has both
             offset = self.runlog.sync()
             checkpoint = make_checkpoint(
-                self.cfg, self.run, self.module, self.bundle, state, rng_states, offset, is_best
+                self.cfg, self.run, self.module, self.bundle, state, rng_states, offset, is_best, self.started_from
             )
             path = self.folder.save(checkpoint, is_best)
             self._status("running", state)
