@@ -254,7 +254,8 @@ def validate(
 def ls(
     kind: str | None = typer.Argument(None, help="models | datasets | optimizers | schedulers"),
     family: str | None = typer.Argument(
-        None, help="with models: torchvision | timm lists that family's names; a name (torchvision.resnet18) its options"
+        None,
+        help="with models: torchvision | timm lists that family's names; a name (torchvision.resnet18) its options",
     ),
 ) -> None:
     """List the registered components and their options."""

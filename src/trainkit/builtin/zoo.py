@@ -89,9 +89,7 @@ def _signature(spec: dict[str, Any]) -> tuple[inspect.Signature, dict[str, Any]]
     hints: dict[str, Any] = {}
     for option in spec["options"]:
         hints[option["name"]] = python_type(option["type"])
-        params.append(
-            inspect.Parameter(option["name"], inspect.Parameter.KEYWORD_ONLY, default=option["default"])
-        )
+        params.append(inspect.Parameter(option["name"], inspect.Parameter.KEYWORD_ONLY, default=option["default"]))
     if spec.get("open"):  # the library's signature could not be read: any option goes to it
         params.append(inspect.Parameter("options", inspect.Parameter.VAR_KEYWORD))
     return inspect.Signature(params), hints
@@ -181,9 +179,14 @@ class Family:
                 return None
             key = f"{self.prefix}.{name}"
             builder = ZooBuilder(self, name, self.spec(name))
-            self._entries[name] = Entry(key, builder, f"{self.module} ({self.package} {self.version()})", {
-                "settable": ("num_classes",),
-            })
+            self._entries[name] = Entry(
+                key,
+                builder,
+                f"{self.module} ({self.package} {self.version()})",
+                {
+                    "settable": ("num_classes",),
+                },
+            )
         return self._entries[name]
 
 

@@ -73,7 +73,7 @@ def option(name: str, annotation: Any, default: Any, pass_default: bool = False)
     return {"name": name, "type": desc, "default": value, "pass_default": pass_default}
 
 
-def class_options(cls: type, skip: set[str]) -> list[dict[str, Any]]:
+def class_options(cls: Any, skip: set[str]) -> list[dict[str, Any]]:
     """The keyword parameters of `cls.__init__` that have a default and a YAML-able type."""
     try:
         hints = typing.get_type_hints(cls.__init__)
@@ -154,9 +154,7 @@ def adapt_channels(key: str, model: nn.Module, channels: int) -> None:
     if channels == 1 and wanted == 3:
         model.register_forward_pre_hook(GrayToRGB(first))  # type: ignore[arg-type]
         return
-    raise ConfigError(
-        f"model.name: {key} takes {wanted}-channel images; the data set has {channels} channels"
-    )
+    raise ConfigError(f"model.name: {key} takes {wanted}-channel images; the data set has {channels} channels")
 
 
 def forward_on_meta(model: nn.Module, shape: tuple[int, ...], train: bool = True, batch: int = 2) -> Any:

@@ -59,8 +59,12 @@ def spec(name: str) -> dict[str, Any]:
 def _head() -> list[dict[str, Any]]:
     return [
         {"name": "pretrained", "type": {"t": "bool"}, "default": False, "pass_default": False},
-        {"name": "num_classes", "type": {"t": "union", "of": [{"t": "int"}, {"t": "none"}]}, "default": None,
-         "pass_default": False},
+        {
+            "name": "num_classes",
+            "type": {"t": "union", "of": [{"t": "int"}, {"t": "none"}]},
+            "default": None,
+            "pass_default": False,
+        },
     ]
 
 
@@ -101,7 +105,7 @@ def cached_weights_file(name: str) -> Path:
             f"in {folder}/refs/main (`hf download {repo}` fills that cache where there is a network)"
         )
     if cfg.url:
-        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(str(cfg.url)).path).name
         if path.is_file():
             return path
         wanted.append(f"{path.name} from {cfg.url} in {path.parent}/")
@@ -140,8 +144,10 @@ def build(
         raise build_failed(key, exc) from None
     trained = (getattr(model, "pretrained_cfg", None) or {}).get("num_classes")
     if pretrained and trained and trained != classes:
-        log.info(f"model.pretrained: {key} was trained on {trained} classes, the data set has {classes}: "
-                 "its classifier is re-initialised")
+        log.info(
+            f"model.pretrained: {key} was trained on {trained} classes, the data set has {classes}: "
+            "its classifier is re-initialised"
+        )
     adapt_channels(key, model, c)
     size_option = next((o["name"] for o in spec["options"] if o["name"] in ("img_size", "image_size")), "")
     check_input_size(key, model, (c, h, w), classes, int(spec.get("min_size", 1)), size_option)

@@ -85,7 +85,7 @@ def _functions(builder: Callable) -> list[tuple[Callable, ast.FunctionDef]]:
 
 def _reads(node: ast.FunctionDef) -> dict[str, Any]:
     """`kwargs.pop("x", default)` in a function: keyword arguments it reads itself, with defaults."""
-    found = {}
+    found: dict[str, Any] = {}
     for call in ast.walk(node):
         if (
             isinstance(call, ast.Call)
@@ -97,14 +97,14 @@ def _reads(node: ast.FunctionDef) -> dict[str, Any]:
             and isinstance(call.args[0], ast.Constant)
         ):
             with contextlib.suppress(ValueError, TypeError, SyntaxError):
-                found[call.args[0].value] = ast.literal_eval(call.args[1])
+                found[str(call.args[0].value)] = ast.literal_eval(call.args[1])
     return found
 
 
 def _forced(node: ast.FunctionDef) -> set[str]:
     """`_ovewrite_named_param(kwargs, "groups", 32)` at the top of a builder: a value it
     always sets (ResNeXt's groups), so not the user's to choose."""
-    forced = set()
+    forced: set[str] = set()
     for statement in node.body:
         call = statement.value if isinstance(statement, ast.Expr) else None
         if (
@@ -114,7 +114,7 @@ def _forced(node: ast.FunctionDef) -> set[str]:
             and len(call.args) >= 2
             and isinstance(call.args[1], ast.Constant)
         ):
-            forced.add(call.args[1].value)
+            forced.add(str(call.args[1].value))
     return forced
 
 
@@ -155,8 +155,12 @@ def spec(name: str) -> dict[str, Any]:
             "default": None,
             "pass_default": False,
         },
-        {"name": "num_classes", "type": {"t": "union", "of": [{"t": "int"}, {"t": "none"}]}, "default": None,
-         "pass_default": False},
+        {
+            "name": "num_classes",
+            "type": {"t": "union", "of": [{"t": "int"}, {"t": "none"}]},
+            "default": None,
+            "pass_default": False,
+        },
     ]
     min_sizes = [member.meta.get("min_size", (1, 1))[0] for member in enum]
     return {
@@ -166,7 +170,7 @@ def spec(name: str) -> dict[str, Any]:
     }
 
 
-def _hints(cls: type) -> dict[str, Any]:
+def _hints(cls: Any) -> dict[str, Any]:
     try:
         return typing.get_type_hints(cls.__init__)
     except Exception:  # an annotation that does not resolve
@@ -221,12 +225,12 @@ def _weights_from(new_run: bool) -> Iterator[None]:
             return nn.modules.module._IncompatibleKeys([], [])
         return original_load(self, state_dict, *args, **kwargs)
 
-    _api.WeightsEnum.get_state_dict = get_state_dict  # type: ignore[method-assign]
+    _api.WeightsEnum.get_state_dict = get_state_dict
     nn.Module.load_state_dict = load_state_dict  # type: ignore[method-assign]
     try:
         yield
     finally:
-        _api.WeightsEnum.get_state_dict = original_get  # type: ignore[method-assign]
+        _api.WeightsEnum.get_state_dict = original_get
         nn.Module.load_state_dict = original_load  # type: ignore[method-assign]
 
 

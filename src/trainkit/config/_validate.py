@@ -25,15 +25,13 @@ from trainkit.errors import ConfigError
 from trainkit.registry import REGISTRIES, Registry, did_you_mean
 
 # Keys of a component section that belong to trainkit, not to the builder.
-_OWN_KEYS = {
-    section: set(model.model_fields)
-    for section, model in {
-        "model": ModelConfig,
-        "data": DataConfig,
-        "optimizer": OptimizerConfig,
-        "scheduler": ComponentConfig,
-    }.items()
+_SECTION_MODELS: dict[str, type[BaseModel]] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "optimizer": OptimizerConfig,
+    "scheduler": ComponentConfig,
 }
+_OWN_KEYS = {section: set(model.model_fields) for section, model in _SECTION_MODELS.items()}
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from pydantic import BaseModel
+
 from trainkit.config._sections import DataConfig, ExperimentConfig, ModelConfig, OptimizerConfig
 from trainkit.config._validate import options_model
 from trainkit.registry import REGISTRIES, Registry
@@ -105,7 +107,8 @@ def config_schema() -> dict[str, Any]:
     schema = copy.deepcopy(ExperimentConfig.model_json_schema())
     defs = schema.setdefault("$defs", {})
     own_keys = {}
-    for section, model in {"model": ModelConfig, "data": DataConfig, "optimizer": OptimizerConfig}.items():
+    sections: dict[str, type[BaseModel]] = {"model": ModelConfig, "data": DataConfig, "optimizer": OptimizerConfig}
+    for section, model in sections.items():
         own_schema = model.model_json_schema(ref_template="#/$defs/{model}")
         _hoist_defs(own_schema, defs, section)
         own_keys[section] = {k: v for k, v in own_schema["properties"].items() if k != "name"}

@@ -6,6 +6,7 @@ asked), in one sequence that train, resume and evaluate share (`build`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import sys
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ from trainkit.training.data import DataBundle, DatasetInfo, TensorSplit
 from trainkit.training.distributed import DistContext, resolve_device
 from trainkit.training.initweights import init_from
 from trainkit.training.loop import Run
+
+log = logging.getLogger("trainkit")
 
 
 def load_data(cfg: ExperimentConfig, record: dict[str, Any] | None = None) -> DataBundle:
@@ -148,6 +151,9 @@ def build_run(
             ids = [device.index] if device.type == "cuda" else None
             # only when some trainable parameter gets no gradient: the search costs every step
             unused = finetune.unused_parameters(module, tuple(bundle.info.input_shape))
+            if unused is None or unused:
+                what = ", ".join(unused[:3]) + (", ..." if len(unused) > 3 else "") if unused else "(not checked)"
+                log.info(f"DDP: find_unused_parameters is on: parameters without a gradient: {what}")
             model = torch.nn.parallel.DistributedDataParallel(
                 module, device_ids=ids, find_unused_parameters=unused is None or bool(unused)
             )

@@ -83,7 +83,8 @@ def plan(cfg: ExperimentConfig, module: nn.Module) -> Plan:
         decays = not (no_decay and (param.ndim <= 1 or name.endswith(".bias")))
         slots.setdefault((logical, decays), []).append(name)
     by_name = dict(named)
-    groups, group_of = [], {}
+    groups: list[dict[str, Any]] = []
+    group_of: dict[str, int] = {}
     for logical, decays in sorted(slots, key=lambda s: (s[0], not s[1])):
         options = dict(user_groups[logical - 1].options()) if logical else {}
         if not decays:
@@ -102,8 +103,8 @@ def check_group_options(cfg: ExperimentConfig, optimizer: torch.optim.Optimizer)
         for key, value in group.items():
             if isinstance(value, list) and key != "params" and isinstance(optimizer.defaults.get(key), tuple):
                 group[key] = tuple(value)
-    for i, group in enumerate(cfg.optimizer.param_groups):
-        for key in group.options():
+    for i, user_group in enumerate(cfg.optimizer.param_groups):
+        for key in user_group.options():
             if key not in optimizer.defaults:
                 raise ConfigError(
                     f"optimizer.param_groups[{i}].{key}: optimizer '{cfg.optimizer.name}' does not take '{key}' "
@@ -159,7 +160,9 @@ def unused_parameters(module: nn.Module, input_shape: tuple[int, ...]) -> list[s
     """Trainable parameters that get no gradient from a forward/backward pass, computed on the
     meta device (no memory, no random draws, the module's tensors untouched); None when the
     model cannot run there. DDP must be told (find_unused_parameters) only if there are some."""
-    params = {n: torch.empty_like(p, device="meta").requires_grad_(p.requires_grad) for n, p in module.named_parameters()}
+    params = {
+        n: torch.empty_like(p, device="meta").requires_grad_(p.requires_grad) for n, p in module.named_parameters()
+    }
     buffers = {n: torch.empty_like(b, device="meta") for n, b in module.named_buffers()}
     try:
         x = torch.empty((2, *input_shape), device="meta")

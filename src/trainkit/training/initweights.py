@@ -44,6 +44,11 @@ def clean_keys(state_dict: dict[str, Any]) -> dict[str, Any]:
     return cleaned
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
 def _listing(items: list[str], limit: int = 4) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
@@ -79,10 +84,11 @@ def read_weights(given: str) -> tuple[dict[str, Any], str, Path]:
                 f"{KEY}: {path} refused: it holds Python objects beyond tensors and plain data "
                 f"({refused.group(1)}); trainkit only loads with weights_only=True"
             ) from None
-        raise ConfigError(f"{KEY}: {path} is not a checkpoint or state_dict file ({exc})") from None
+        raise ConfigError(
+            f"{KEY}: {path} is not a checkpoint or state_dict file (it does not read as tensors and plain data)"
+        ) from None
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{KEY}: {path} is not a checkpoint or state_dict file ({first})") from None
+        raise ConfigError(f"{KEY}: {path} is not a checkpoint or state_dict file ({_first_line(exc)})") from None
     if isinstance(raw, dict) and "format_version" in raw and "model" in raw:
         try:
             checkpoint = Checkpoint.from_dict(raw, path)
@@ -152,8 +158,7 @@ def init_from(module: nn.Module, cfg: ExperimentConfig, num_outputs: int | None)
     try:
         module.load_state_dict(fits, strict=False)
     except (RuntimeError, TypeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{KEY}: {path}: the weights do not load into the model ({first})") from None
+        raise ConfigError(f"{KEY}: {path}: the weights do not load into the model ({_first_line(exc)})") from None
     if heads:
         log.info(
             f"{KEY}: {', '.join(heads)} re-initialised: {path} has {shape[heads[0]][0]} classes, "
