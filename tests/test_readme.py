@@ -104,10 +104,14 @@ def _config_keys() -> list[str]:
                 keys.append(prefix + name)
         return keys
 
+    from trainkit.config import ModelConfig, OptimizerConfig
+
     return (
         walk(ExperimentConfig, "")
         + [f"data.{k}" for k in ("name", "batch_size", "eval_batch_size")]
         + ["data.augment.crop_padding", "data.augment.hflip", "model.name", "optimizer.name"]
+        + [f"model.{k}" for k in ModelConfig.model_fields if k != "name"]
+        + [f"optimizer.{k}" for k in OptimizerConfig.model_fields if k != "name"]
     )
 
 

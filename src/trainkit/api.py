@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from pydantic import ValidationError
 
 from trainkit import plugins
 from trainkit.config import ExperimentConfig, dump_yaml, get_path, load_config, resolve
@@ -82,8 +83,11 @@ def _load(config: str | Path | dict | ExperimentConfig, overrides: list[str]) ->
 
 
 def _check_frozen(saved: dict[str, Any], cfg: ExperimentConfig, source: Path) -> None:
-    # compared resolved to resolved: keys added since the run was saved take their defaults
-    saved = resolve(saved, source=str(source)).to_dict()
+    # keys added since the run was saved (model.freeze, ...) compare as their defaults
+    try:
+        saved = ExperimentConfig.model_validate(saved).to_dict()
+    except ValidationError:
+        pass  # compared as saved; resolve() has reported what is wrong with it
     new = cfg.to_dict()
     changed = []
     for key in FROZEN:

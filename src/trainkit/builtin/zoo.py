@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal, Union
 
+from trainkit._version import __version__
 from trainkit.registry import MODELS, Entry
 
 SPEC_FORMAT = 1  # bump when the spec grammar changes: older cache files are then ignored
@@ -139,7 +140,7 @@ class Family:
             return "unknown"
 
     def _path(self) -> Path:
-        return cache_dir() / f"zoo-{self.prefix}-{self.version()}-v{SPEC_FORMAT}.json"
+        return cache_dir() / f"zoo-{self.prefix}-{self.version()}-trainkit-{__version__}-v{SPEC_FORMAT}.json"
 
     def data(self) -> dict[str, Any]:
         """{"names": [...], "specs": {name: spec}, ...}: from the cache, else from the library."""
