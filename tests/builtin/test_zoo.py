@@ -317,3 +317,31 @@ def test_every_torchvision_spec_fits_its_builder(name):
     assert {k: tuple(v.shape) for k, v in explicit.state_dict().items()} == {
         k: tuple(v.shape) for k, v in ten.state_dict().items()
     }
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        (
+            {"name": "torchvision.resnet18", "num_classes": 3},
+            "model.num_classes: 3 cannot hold the data set's 4 classes (leave it out to match them)",
+        ),
+        (
+            {"name": "torchvision.resnet18", "num_classes": 0},
+            "model.num_classes: 0 cannot hold the data set's 4 classes (leave it out to match them)",
+        ),
+        (
+            {"name": "torchvision.resnext50_32x4d", "replace_stride_with_dilation": [True]},
+            "model.name: torchvision.resnext50_32x4d cannot be built with these options: "
+            "replace_stride_with_dilation should be None or a 3-element tuple, got [True]",
+        ),
+        (
+            {"name": "torchvision.googlenet", "aux_logits": True},
+            "model.name: torchvision.googlenet returns GoogLeNetOutputs in training, not one tensor of logits; "
+            "trainkit trains the main output (turn auxiliary outputs off, e.g. model.aux_logits: false)",
+        ),
+    ],
+)
+def test_options_that_do_not_build(tmp_path, cli, model, message):
+    code, _, err = cli("train", write_config(tmp_path / "cfg.yaml", _config(tmp_path, model)), "-q")
+    assert (code, err) == (2, f"error: {message}\n")

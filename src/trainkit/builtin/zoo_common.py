@@ -110,16 +110,24 @@ def build_failed(key: str, exc: Exception) -> ConfigError:
 # ---------------------------------------------------------------- inputs
 
 
-def image_shape(key: str, input_shape: tuple[int, ...], num_classes: int | None) -> tuple[int, int, int, int]:
-    """(channels, height, width, classes), or a config error for non-image or regression data."""
+def image_shape(
+    key: str, input_shape: tuple[int, ...], given: int | None, num_outputs: int | None
+) -> tuple[int, int, int, int]:
+    """(channels, height, width, outputs): the model's `num_classes` if given, else the data
+    set's outputs; a config error for non-image data or a class count that cannot fit."""
     if len(input_shape) != 3:
         raise ConfigError(
             f"model.name: {key} takes images (channels, height, width); the data set gives shape {tuple(input_shape)}"
         )
-    if not num_classes:
-        raise ConfigError(f"model.name: {key} is a classifier; the data set is a regression task")
+    if given is not None and (given < 1 or (num_outputs and given < num_outputs)):
+        raise ConfigError(
+            f"model.num_classes: {given} cannot hold the data set's {num_outputs} classes (leave it out to match them)"
+        )
+    classes = given or num_outputs
+    if not classes:
+        raise ConfigError(f"model.name: {key} needs the data set's number of outputs; it gives none")
     c, h, w = input_shape
-    return c, h, w, num_classes
+    return c, h, w, classes
 
 
 def stem(model: nn.Module) -> nn.Module | None:

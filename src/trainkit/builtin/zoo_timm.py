@@ -128,7 +128,7 @@ def build(
     **options: Any,
 ) -> nn.Module:
     key = f"timm.{name}"
-    c, h, w, classes = image_shape(key, input_shape, options.get("num_classes") or num_outputs)
+    c, h, w, classes = image_shape(key, input_shape, options.get("num_classes"), num_outputs)
     kwargs = {k: v for k, v in options.items() if v is not None and k not in ("pretrained", "num_classes")}
     pretrained = bool(options.get("pretrained")) and new_run
     if pretrained:

@@ -247,7 +247,7 @@ def build(
     **options: Any,
 ) -> nn.Module:
     key = f"torchvision.{name}"
-    c, h, w, classes = image_shape(key, input_shape, options.get("num_classes") or num_outputs)
+    c, h, w, classes = image_shape(key, input_shape, options.get("num_classes"), num_outputs)
     weights = options.get("weights")
     kwargs = passed(spec, options, skip=("weights", "num_classes"))
     for size_key, size in _FROM_DATA.items():
