@@ -40,7 +40,7 @@ from trainkit.builtin.zoo_common import (
     passed,
     replace_heads,
 )
-from trainkit.errors import CheckpointError, ConfigError, MissingWeightsError
+from trainkit.errors import CheckpointError, MissingWeightsError
 
 log = logging.getLogger("trainkit")
 
@@ -285,6 +285,3 @@ def _strip_aux(model: nn.Module, options: dict[str, Any]) -> None:
         for attr in ("AuxLogits", "aux1", "aux2"):
             if getattr(model, attr, None) is not None:
                 setattr(model, attr, None)
-
-
-__all__ = ["ConfigError", "build", "cached_weights_file", "catalogue", "spec"]
