@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 from trainkit._version import __version__
+from trainkit.errors import RegistryError
 from trainkit.registry import MODELS, Entry
 
 SPEC_FORMAT = 1  # bump when the spec grammar changes: older cache files are then ignored
@@ -147,12 +148,23 @@ class Family:
         if self._data is None:
             cached = _read_json(self._path())
             if cached is None or not isinstance(cached.get("names"), list):
-                computed = importlib.import_module(self.module).catalogue()
+                computed = self._ask("catalogue")
                 cached = {"format": SPEC_FORMAT, **computed}
                 _write_json(self._path(), cached)
             cached.setdefault("specs", {})
             self._data = cached
         return self._data
+
+    def _ask(self, what: str, *args: Any) -> Any:
+        """The library's answer through trainkit's module for it; a library that fails to
+        import or describe itself is one config error, not a traceback."""
+        try:
+            return getattr(importlib.import_module(self.module), what)(*args)
+        except Exception as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RegistryError(
+                f"model family '{self.prefix}': cannot read {self.package} {self.version()}'s models ({text})"
+            ) from None
 
     def names(self) -> list[str]:
         return list(self.data()["names"])
@@ -167,7 +179,7 @@ class Family:
         data = self.data()
         spec = data["specs"].get(name)
         if spec is None:  # computed on first use (timm builds the model on the meta device)
-            spec = importlib.import_module(self.module).spec(name)
+            spec = self._ask("spec", name)
             data["specs"][name] = spec
             on_disk = _read_json(self._path()) or {"format": SPEC_FORMAT, "names": data["names"], "specs": {}}
             on_disk.setdefault("specs", {})[name] = spec  # another process may have added others
