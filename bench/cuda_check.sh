@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # One short check of trainkit's CUDA path on a GPU machine, and the GPU numbers for the README.
-#   bash bench/cuda_check.sh [DATA_ROOT] [OUT_DIR]      (about 2 minutes on an H100)
+#   bash bench/cuda_check.sh [DATA_ROOT] [OUT_DIR]      (about 5 minutes on an H100)
 # OUT_DIR gets four short reports and one checkpoint written on the GPU (cuda_best.pt), to
 # check on a CPU-only machine that it loads there; the run folders go to a temp folder.
 # 1. the fast MNIST recipe on CUDA, command start to exit (time to accuracy);
 # 2. fp16 autocast with a GradScaler: train, extend with resume (the scaler state travels in
 #    the checkpoint), evaluate; checkpoints must hold CPU tensors only;
-# 3. bench/overhead.py on CUDA: trainkit vs a hand-written loop (and Lightning if installed).
+# 3. bench/overhead.py on CUDA: trainkit vs a hand-written loop (and Lightning if installed);
+# 4. bench/overhead_resnet.py on CUDA: torchvision ResNet-18 (32x32) and ResNet-50 (224x224, bf16,
+#    channels_last) against a hand-written loop, with MFU.
 # Each step writes its output to OUT_DIR; a failing step does not stop the next one.
 set -u
 ROOT=${1:-../shared/data}
@@ -52,3 +54,6 @@ EOF
 echo "== 3. overhead on cuda" | tee "$OUT/overhead.txt"
 $PY bench/overhead.py --device cuda --root "$ROOT" --steps 600 --rounds 5 2>&1 | grep -v "round [0-9] done" \
     | tee -a "$OUT/overhead.txt"
+
+echo "== 4. torchvision ResNets on cuda, with MFU" | tee "$OUT/overhead_resnet.txt"
+$PY bench/overhead_resnet.py --device cuda 2>&1 | grep -v "round [0-9] done" | tee -a "$OUT/overhead_resnet.txt"

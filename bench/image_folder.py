@@ -151,30 +151,43 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for every run (1 on a busy 2-core VM)")
     p.add_argument("--scan-files", type=int, default=60000, help="files of the scan test (0: skip it)")
     p.add_argument("--scan-runs", type=int, default=3)
+    p.add_argument(
+        "--write",
+        metavar="DIR",
+        help="only write --dataset's first --train/--test images as class folders in DIR, then stop "
+        "(the folder of configs/finetune_resnet18.yaml)",
+    )
+    p.add_argument("--dataset", choices=["mnist", "fashion_mnist"], default="mnist", help="what --write writes")
     return p.parse_args()
 
 
 def write_folder(args: argparse.Namespace, n_train: int, n_test: int) -> Path:
     """MNIST's first n_train / n_test digits as files in <work>/<name>/{train,test}/<digit>/ (once)."""
     folder = Path(args.work) / f"mnist_{args.format}_{n_train}_{n_test}"
-    if (folder / "complete").exists():
-        return folder
+    if not (folder / "complete").exists():
+        write_images(folder, "mnist", args.root, args.format, n_train, n_test)
+    return folder
+
+
+def write_images(folder: Path, dataset: str, root: str, suffix: str, n_train: int, n_test: int) -> None:
+    """The data set's first n_train / n_test images in folder/{train,test}/<class name>/, then
+    a file `complete` (a folder without it was cut short and is written again)."""
     sys.path.insert(0, str(REPO / "src"))
     from PIL import Image
 
-    from trainkit.builtin.datasets import mnist
+    from trainkit.builtin.datasets import fashion_mnist, mnist
 
     shutil.rmtree(folder, ignore_errors=True)
-    data = mnist(root=args.root, download=False)
-    print(f"writing {n_train + n_test} {args.format.upper()} files to {folder} ...", flush=True)
+    data = (mnist if dataset == "mnist" else fashion_mnist)(root=root, download=False)
+    names = [name.replace("/", "-") for name in data.info.class_names]  # "T-shirt/top" is no folder name
+    print(f"writing {n_train + n_test} {suffix.upper()} files of {dataset} to {folder} ...", flush=True)
     for split, part, n in (("train", data.train, n_train), ("test", data.test, n_test)):
         labels = part.targets[:n].tolist()
-        for digit in set(labels):
-            (folder / split / str(digit)).mkdir(parents=True, exist_ok=True)
+        for label in set(labels):
+            (folder / split / names[label]).mkdir(parents=True, exist_ok=True)
         for i, label in enumerate(labels):
-            Image.fromarray(part.inputs[i, 0].numpy()).save(folder / split / str(label) / f"{i:05d}.{args.format}")
+            Image.fromarray(part.inputs[i, 0].numpy()).save(folder / split / names[label] / f"{i:05d}.{suffix}")
     (folder / "complete").write_text("")
-    return folder
 
 
 def _rollup(pid: int) -> dict[str, int]:
@@ -261,6 +274,9 @@ def accuracy(result: dict, out: Path) -> float | None:
 
 def main() -> None:
     args = parse_args()
+    if args.write:
+        write_images(Path(args.write), args.dataset, args.root, args.format, args.train, args.test)
+        return
     if args.device.startswith("cuda") or args.gpu_decode:
         import torch
 

@@ -3,6 +3,7 @@
     python bench/overhead.py                        # the `cnn` model on real MNIST from ../shared/data
     python bench/overhead.py --data synthetic       # no data set files needed
     python bench/overhead.py --device cuda --precision bf16 --compile
+    python bench/overhead.py --model torchvision.resnet18 --data random --size 32 --channels 3 --batch-size 128
 
 Every contender trains the same model from the same initial weights on the same batches
 (the same sample order) with the same optimizer, for --steps steps per measurement. They
@@ -46,7 +47,12 @@ TARGET = 0.97  # trainkit / hand-written samples per second, median over rounds
 LOG_EVERY = 50  # steps between loss reads (host-device syncs), in every contender
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = parser()
+    return check_args(p, p.parse_args(argv))
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -62,9 +68,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--data",
         default="mnist",
-        choices=["mnist", "fashion_mnist", "synthetic"],
-        help="real data read by trainkit's reader from --root, or trainkit's synthetic_images",
+        choices=["mnist", "fashion_mnist", "synthetic", "random"],
+        help="real data read by trainkit's reader from --root, trainkit's synthetic_images, or uniformly "
+        "random uint8 images (cheap to make at any size: --size, --channels)",
     )
+    p.add_argument("--size", type=int, default=28, help="image size of --data synthetic / random")
+    p.add_argument("--channels", type=int, default=1, help="image channels of --data synthetic / random")
+    p.add_argument("--channels-last", action="store_true", help="trainer.channels_last, and the same by hand")
     p.add_argument("--root", default=str(DEFAULT_ROOT), help="folder holding MNIST/raw, FashionMNIST/raw")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
@@ -76,7 +86,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--no-lightning", action="store_true", help="leave Lightning out even if it is installed")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    return p
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     if args.rounds < 1 or args.steps < 1:
         p.error("--rounds and --steps must be at least 1")
     args.root = str(Path(args.root).resolve())
@@ -152,6 +165,7 @@ class Handwritten:
         self.module, self.device, self.args = module, device, args
         self.model = torch.compile(module) if args.compile else module
         self.optimizer = torch.optim.Adam(module.parameters(), lr=args.lr)
+        self.layout = torch.channels_last if args.channels_last else torch.contiguous_format
         self.images = bundle.train.inputs.to(device)  # uint8, the whole split
         self.labels = bundle.train.targets.to(device)
         shape = (1, -1) + (1,) * (self.images.dim() - 2)
@@ -174,7 +188,7 @@ class Handwritten:
         window, total = torch.zeros((), device=self.device), 0.0
         for step in range(steps):
             idx = order[step * size : (step + 1) * size]
-            x = (self.images[idx].float() / 255 - self.mean) / self.std
+            x = ((self.images[idx].float() / 255 - self.mean) / self.std).contiguous(memory_format=self.layout)
             with self.autocast():
                 output = self.model(x)
             loss = F.cross_entropy(output.float(), self.labels[idx])
@@ -285,10 +299,32 @@ def _lit_clock(pl: Any, device: torch.device) -> Any:
 # ---------------------------------------------------------------- set-up
 
 
+def random_images(seed: int, n_train: int = 1024, size: int = 32, channels: int = 3, num_classes: int = 10):
+    """Uniformly random uint8 images and labels: data for timing, made in one draw at any size."""
+    from trainkit.training.data import DataBundle, DatasetInfo, TensorSplit
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def split(n: int) -> TensorSplit:
+        images = torch.randint(0, 256, (n, channels, size, size), generator=gen, dtype=torch.uint8)
+        return TensorSplit(images, torch.randint(0, num_classes, (n,), generator=gen))
+
+    shape = (channels, size, size)
+    info = DatasetInfo("classification", shape, num_classes, mean=(0.5,) * channels, std=(0.29,) * channels)
+    return DataBundle(info, split(n_train), split(64))
+
+
 def trainkit_config(args: argparse.Namespace) -> Any:
+    n_train = args.steps * args.batch_size  # exactly enough samples for --steps full batches
     if args.data == "synthetic":
-        # exactly enough samples for --steps full batches
-        data = {"name": "synthetic_images", "n_train": args.steps * args.batch_size, "n_test": 100}
+        data = {"name": "synthetic_images", "n_train": n_train, "n_test": 100, "size": args.size}
+        data["channels"] = args.channels
+    elif args.data == "random":
+        from trainkit.registry import DATASETS
+
+        if "bench_random_images" not in DATASETS:
+            DATASETS.register("bench_random_images")(random_images)
+        data = {"name": "bench_random_images", "n_train": n_train, "size": args.size, "channels": args.channels}
     else:
         data = {"name": args.data, "root": args.root, "download": False}
     return resolve(
@@ -305,6 +341,7 @@ def trainkit_config(args: argparse.Namespace) -> Any:
                 "log_every": LOG_EVERY,
                 "precision": args.precision,
                 "compile": args.compile,
+                "channels_last": args.channels_last,
                 "host_memory": "keep",
             },  # what the trainkit command does on the CPU
         },
@@ -337,7 +374,11 @@ def build_contenders(args: argparse.Namespace) -> tuple[list[Any], torch.device,
 
 
 def main() -> None:
-    args = parse_args()
+    run(parse_args())
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure and print; returns {"median": {name: ratio}, "speeds": {name: [samples/s per round]}, ...}."""
     if args.threads:
         torch.set_num_threads(args.threads)
     contenders, device, bundle = build_contenders(args)
@@ -348,6 +389,7 @@ def main() -> None:
         f"setup: model {model}, data {args.data} ({len(bundle.train)} training samples), "
         f"batch {args.batch_size}, Adam lr {args.lr}, {args.steps} steps per measurement, "
         f"{args.rounds} rounds + 1 warm-up, {args.precision}, {'compiled' if args.compile else 'eager'}"
+        f"{', channels_last' if args.channels_last else ''}"
     )
     if "lightning" not in names and not args.no_lightning:
         print("lightning: not installed, column left out")
@@ -356,13 +398,18 @@ def main() -> None:
     samples = args.steps * args.batch_size
     others = [n for n in names if n != "hand-written"]
     headers = ["round"] + [f"{n} samples/s" for n in names] + [f"{n} / hand-written" for n in others]
-    rows, ratios, losses = [], {n: [] for n in names}, {n: [] for n in names}
+    rows: list[list[Any]] = []
+    ratios: dict[str, list[float]] = {n: [] for n in names}
+    losses: dict[str, list[float]] = {n: [] for n in names}
+    speeds_all: dict[str, list[float]] = {n: [] for n in names}
     for round_ in range(args.rounds + 1):  # round 0 warms up and is not counted
         speeds = {}
         first = round_ % len(contenders)  # who goes first rotates, so none always follows the same one
         for contender in contenders[first:] + contenders[:first]:
             seconds, loss = contender.train(round_)
             speeds[contender.name] = samples / seconds
+            if round_:
+                speeds_all[contender.name].append(samples / seconds)
             losses[contender.name].append(loss)
         for n in names:
             ratios[n].append(speeds[n] / speeds["hand-written"])
@@ -390,6 +437,7 @@ def main() -> None:
     )
     if "lightning" in medians:
         print(f"median lightning / hand-written: {medians['lightning']:.3f}")
+    return {"median": medians, "speeds": speeds_all, "ratios": ratios, "device": device, "contenders": contenders}
 
 
 if __name__ == "__main__":

@@ -60,8 +60,8 @@ def test_a_data_key_typo_is_matched_against_the_sections_keys_and_the_builders_o
     assert code == 2
     assert err == (
         f"error: {config_file}: override 'data.batchsize=32': data.batchsize: dataset 'synthetic_images' has no "
-        "option 'batchsize'; did you mean 'batch_size'? (data keys: batch_size, eval_batch_size, num_workers, "
-        "augment, num_classes, channels, size, n_train, n_test, noise, data_seed)\n"
+        "option 'batchsize'; did you mean 'batch_size'? (data keys: num_classes, channels, size, "
+        "n_train, n_test, noise, data_seed, batch_size, eval_batch_size, num_workers, augment)\n"
     )
     code, _, err = cli("validate", config_file, "data.eval_batchsize=32")
     assert "did you mean 'eval_batch_size'?" in err

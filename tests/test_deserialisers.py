@@ -27,6 +27,10 @@ ALLOWED = {
     ("plugins.py", "importlib.import_module"): "modules the user named, installed plugins, or trusted ones only",
     ("plugins.py", "ep.load"): "entry points of packages the user installed as trainkit plugins",
     ("registry.py", "importlib.import_module"): "trainkit.builtin, a constant",
+    (
+        "builtin/zoo.py",
+        "importlib.import_module",
+    ): "a model family's own module (zoo_torchvision, zoo_timm), a class constant",
     ("__init__.py", "importlib.import_module"): "trainkit's own modules, from a constant table (lazy exports)",
 }
 

@@ -106,7 +106,15 @@ def _config_keys() -> list[str]:
                 keys.append(prefix + name)
         return keys
 
-    return walk(ExperimentConfig, "") + walk(DataConfig, "data.") + ["model.name", "optimizer.name"]
+    from trainkit.config import ModelConfig, OptimizerConfig
+
+    return (
+        walk(ExperimentConfig, "")
+        + walk(DataConfig, "data.")
+        + ["model.name", "optimizer.name"]
+        + [f"model.{k}" for k in ModelConfig.model_fields if k != "name"]
+        + [f"optimizer.{k}" for k in OptimizerConfig.model_fields if k != "name"]
+    )
 
 
 @pytest.mark.parametrize("key", _config_keys())

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from pydantic import ValidationError
 
 from trainkit import plugins
 from trainkit.config import ExperimentConfig, dump_yaml, get_path, load_config, resolve
@@ -49,7 +50,18 @@ from trainkit.training.session import Session, Sink, run_summary
 from trainkit.training.startline import start_line
 
 # What a resumed or evaluated run may not change: it would no longer be the same run.
-FROZEN = ("name", "seed", "model", "data", "optimizer.name", "scheduler.name", "trainer.accumulate_grad_batches")
+FROZEN = (
+    "name",
+    "seed",
+    "model",  # init_from and freeze too: they define where the run started and what it trains
+    "data",
+    "optimizer.name",
+    "optimizer.param_groups",
+    "optimizer.no_decay_norm_and_bias",
+    "scheduler.name",
+    "trainer.accumulate_grad_batches",
+    "trainer.unfreeze_at_epoch",
+)
 # A resume may give the run a new schedule (resume_plan.py checks and records it).
 RESUME_FROZEN = tuple(key for key in FROZEN if key != "scheduler.name")
 # Where the data is read from and how, not what it is: a resume or eval may change these.
@@ -119,6 +131,11 @@ def _load(
 
 
 def _check_frozen(saved: dict[str, Any], cfg: ExperimentConfig, source: Path, frozen: tuple[str, ...] = FROZEN) -> None:
+    # keys added since the run was saved (model.freeze, ...) compare as their defaults
+    try:
+        saved = ExperimentConfig.model_validate(saved).to_dict()
+    except ValidationError:
+        pass  # compared as saved; resolve() has reported what is wrong with it
     new = cfg.to_dict()
     changed = []
     for key in frozen:
@@ -188,7 +205,7 @@ def train(
     if dry_run:
         return {"run_dir": str(folder.path), "config": cfg.to_dict()}
     with from_env(cfg.trainer.device) as ctx:
-        built = build(cfg, ctx)
+        built = build(cfg, ctx, new_run=True)
         assert built.run is not None
         runlog = None
         if ctx.is_main:
@@ -198,7 +215,9 @@ def train(
         reporter = Reporter(quiet, enabled=ctx.is_main)
         reporter.message(start_line(cfg, built.device, built.module, built.bundle, ctx))
         sinks = [*sinks, *sinks_for(cfg)]
-        session = Session(cfg, built.run, built.module, built.bundle, folder, runlog, reporter, sinks)
+        session = Session(
+            cfg, built.run, built.module, built.bundle, folder, runlog, reporter, sinks, built.started_from
+        )
         return session.fit(TrainState())
 
 
@@ -281,7 +300,9 @@ def resume(
         record = change_record(plan, state, built.run)
         if record:
             reporter.message(f"changed {describe_changes(record)}")
-        session = Session(cfg, built.run, built.module, built.bundle, folder, runlog, reporter, sinks)
+        session = Session(
+            cfg, built.run, built.module, built.bundle, folder, runlog, reporter, sinks, checkpoint.started_from
+        )
         return session.fit(state, [record] if record else [])
 
 

@@ -465,35 +465,72 @@ def validate(
 @app.command("ls", cls=_Command, short_help="List the registered components and their options.")
 def ls(
     kind: str | None = typer.Argument(None, metavar="[KIND]", help="models | datasets | optimizers | schedulers"),
+    family: str | None = typer.Argument(
+        None,
+        metavar="[FAMILY]",
+        help="with models: torchvision | timm lists that family's names; a name (torchvision.resnet18) its options",
+    ),
     imports: list[str] | None = IMPORTS,
 ) -> None:
     """List the registered components and their options."""
 
     def body() -> None:
-        import inspect
-
         from trainkit.errors import UsageError
         from trainkit.plugins import import_user_modules
-        from trainkit.registry import REGISTRIES
+        from trainkit.registry import MODELS, REGISTRIES
 
         import_user_modules(imports or [])
         by_plural = {f"{r.kind}s": r for r in REGISTRIES.values()}
         if kind is not None and kind not in by_plural:
             raise UsageError(f"unknown kind '{kind}'; choose one of {', '.join(by_plural)}")
+        if family is not None:
+            if kind != "models":
+                raise UsageError(f"'{family}': only models come in families (trainkit ls models {family})")
+            _ls_family(MODELS, family)
+            return
         for plural, registry in by_plural.items():
             if kind not in (None, plural):
                 continue
             print(f"{plural}:")
             for name in registry.names():
-                options = ", ".join(
-                    p.name + ("" if p.default is inspect.Parameter.empty else f"={p.default!r}")
-                    for p in registry.options(name).values()
-                )
-                print(f"  {name:<22} {registry.get(name).summary}")
-                if options:
-                    print(f"  {'':<22} options: {options}")
+                _ls_entry(registry, name)
+            for prefix, members in registry.families().items():
+                missing = members.missing()
+                count = f"needs {prefix}" if missing else f"{len(members.names())} models"
+                how = missing or f"trainkit ls {plural} {prefix}"
+                print(f"  {prefix + '.*':<22} {count} from {prefix} ({how})")
 
     _call(body)
+
+
+def _ls_entry(registry: Any, name: str) -> None:
+    import inspect
+
+    options = ", ".join(
+        p.name + ("" if p.default is inspect.Parameter.empty else f"={p.default!r}")
+        for p in registry.options(name).values()
+    )
+    print(f"  {name:<22} {registry.get(name).summary}")
+    if options:
+        print(f"  {'':<22} options: {options}")
+
+
+def _ls_family(registry: Any, family: str) -> None:
+    """`ls models torchvision`: the family's names; `ls models torchvision.resnet18`: its options."""
+    from trainkit.errors import UsageError
+
+    families = registry.families()
+    if family not in families:
+        if family.partition(".")[0] in families:
+            registry.get(family)  # an unknown name: the registry's message, with did-you-mean
+            _ls_entry(registry, family)
+            return
+        raise UsageError(f"unknown model family '{family}'; choose one of {', '.join(families)}")
+    missing = families[family].missing()
+    if missing:
+        raise UsageError(f"model family '{family}' {missing}")
+    for name in families[family].names():
+        print(f"{family}.{name}")
 
 
 @app.command(cls=_Command, short_help="Print the JSON Schema of configs, for editors.")

@@ -87,6 +87,10 @@ class DataLoaderError(DataError):
     checkpoint of what it had trained before the run ends."""
 
 
+class MissingWeightsError(TrainkitError):
+    """Pretrained weights asked for are not in the local cache; trainkit never downloads them."""
+
+
 class CheckpointError(TrainkitError):
     """A checkpoint that cannot be written, read or used."""
 

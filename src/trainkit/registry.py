@@ -18,7 +18,7 @@ import inspect
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from trainkit.errors import RegistryError
 
@@ -48,6 +48,28 @@ class Entry:
         return doc.splitlines()[0] if doc else ""
 
 
+class Family(Protocol):
+    """Names under a prefix (`torchvision.resnet18`) that a model zoo resolves on demand.
+
+    A family knows its names without building anything, and makes an Entry for one name
+    only when it is used, so `trainkit validate` and `ls` stay fast (builtin/zoo.py).
+    """
+
+    prefix: str  # "torchvision": its names are spelled "torchvision.<name>"
+
+    def missing(self) -> str | None:
+        """Why the family cannot be used here (its package is not installed), else None."""
+
+    def names(self) -> list[str]:
+        """Every name of the family, without the prefix."""
+
+    def entry(self, name: str) -> Entry | None:
+        """The Entry of one name (without the prefix), or None when the family has no such name."""
+
+    def suggestions(self, name: str) -> list[str]:
+        """Names (without the prefix) close to an unknown one, best first."""
+
+
 def _origin(obj: Any) -> str:
     where = f"{obj.__module__}.{getattr(obj, '__qualname__', obj)}"
     try:
@@ -66,6 +88,7 @@ class Registry:
         self.runtime_inputs = frozenset(runtime_inputs)
         self._builtins = builtins  # module whose import registers the built-in entries
         self._entries: dict[str, Entry] = {}
+        self._families: dict[str, Family] = {}
         self._loaded = False
 
     def _load_builtins(self) -> None:
@@ -100,14 +123,44 @@ class Registry:
 
         return decorator
 
+    def add_family(self, family: Family) -> None:
+        """Resolve every name `<family.prefix>.<name>` through `family` (a model zoo)."""
+        if family.prefix in self._families:
+            raise RegistryError(f"{self.kind} family '{family.prefix}' is already added")
+        self._families[family.prefix] = family
+
+    def families(self) -> dict[str, Family]:
+        self._load_builtins()
+        return dict(self._families)
+
+    def _family_entry(self, name: str) -> Entry | None:
+        prefix, dot, rest = name.partition(".")
+        family = self._families.get(prefix) if dot else None
+        if family is None or family.missing():
+            return None
+        return family.entry(rest)
+
     def get(self, name: str) -> Entry:
         self._load_builtins()
-        if name not in self._entries:
+        if name in self._entries:
+            return self._entries[name]
+        entry = self._family_entry(name) if isinstance(name, str) else None
+        if entry is None:
             raise RegistryError(self.unknown_message(name))
-        return self._entries[name]
+        return entry
 
     def unknown_message(self, name: Any) -> str:
         self._load_builtins()
+        prefix, dot, rest = str(name).partition(".")
+        family = self._families.get(prefix) if dot else None
+        if family is not None:
+            missing = family.missing()
+            if missing:
+                return f"{self.kind} '{name}' {missing}"
+            close = family.suggestions(rest)
+            hint = f"; did you mean '{prefix}.{close[0]}'?" if close else ""
+            count = len(family.names())
+            return f"unknown {self.kind} '{name}'{hint} (`trainkit ls {self.kind}s {prefix}` lists its {count} names)"
         known = ", ".join(self.names()) or "none"
         return f"unknown {self.kind} '{name}'{did_you_mean(name, self.names())} (known: {known})"
 
@@ -117,22 +170,27 @@ class Registry:
 
     def __contains__(self, name: object) -> bool:
         self._load_builtins()
-        return name in self._entries
+        return name in self._entries or (isinstance(name, str) and self._family_entry(name) is not None)
 
     def build(self, name: str, options: dict[str, Any], **runtime: Any) -> Any:
         """Call the builder with the user's options and the runtime inputs it asks for."""
         entry = self.get(name)
         params = entry.signature.parameters
         takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        wanted = {k: v for k, v in runtime.items() if takes_any or k in params}
+        # a runtime input the user may also set (trait `settable`, e.g. a zoo's num_classes) is theirs
+        wanted = {k: v for k, v in runtime.items() if (takes_any or k in params) and k not in options}
         return entry.builder(**options, **wanted)
 
     def options(self, name: str) -> dict[str, inspect.Parameter]:
-        """The builder's user-settable parameters (runtime inputs left out)."""
+        """The builder's user-settable parameters (runtime inputs left out, unless the entry
+        declares them `settable`: a zoo model's num_classes defaults to the data set's)."""
+        entry = self.get(name)
+        settable = set(entry.traits.get("settable", ()))
         return {
             p.name: p
-            for p in self.get(name).signature.parameters.values()
-            if p.name not in self.runtime_inputs and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY)
+            for p in entry.signature.parameters.values()
+            if (p.name not in self.runtime_inputs or p.name in settable)
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY)
         }
 
     def accepts_any_option(self, name: str) -> bool:
@@ -141,6 +199,8 @@ class Registry:
     def type_hints(self, name: str) -> dict[str, Any]:
         builder = self.get(name).builder
         target = builder.__init__ if inspect.isclass(builder) else builder
+        if not inspect.isfunction(target) and not inspect.ismethod(target):
+            return dict(getattr(target, "__annotations__", {}))  # a callable object, e.g. a zoo's builder
         try:
             return typing.get_type_hints(target, include_extras=True)
         except Exception:  # unresolvable annotations in user code: fall back to Any
@@ -148,7 +208,9 @@ class Registry:
 
 
 # The built-in components live in trainkit.builtin and register exactly as a plugin would.
-MODELS = Registry("model", ["input_shape", "num_classes", "num_outputs"], "trainkit.builtin")
+# new_run: True when a new run starts (load pretrained weights), False when the model is
+# rebuilt to receive a checkpoint's weights (resume, eval, predict, export)
+MODELS = Registry("model", ["input_shape", "num_classes", "num_outputs", "new_run"], "trainkit.builtin")
 # num_workers: data.num_workers resolved (this machine's cores when unset), for builders that decode
 DATASETS = Registry("dataset", ["seed", "record", "num_workers"], "trainkit.builtin")
 OPTIMIZERS = Registry("optimizer", ["params"], "trainkit.builtin")

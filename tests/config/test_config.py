@@ -142,7 +142,8 @@ def test_builder_keyword_that_does_not_exist(cli, tmp_path):
     code, _, err = _validate(cli, tmp_path, config)
     assert code == 2
     assert (
-        "optimizer.momentun: optimizer 'adam' has no option 'momentun' (options: lr, betas, eps, weight_decay, amsgrad)"
+        "optimizer.momentun: optimizer 'adam' has no option 'momentun' "
+        "(optimizer keys: lr, betas, eps, weight_decay, amsgrad, param_groups, no_decay_norm_and_bias)"
     ) in err
 
 

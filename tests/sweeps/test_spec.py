@@ -70,7 +70,8 @@ def test_ranges_and_choices_are_checked_against_the_base_config(tmp_path, cli):
     assert err.splitlines() == [
         f"error: {path}: 7 problems in the sweep file:",
         "  - line 3: params.optimizer.lrr: optimizer.lrr: optimizer 'adam' has no option 'lrr'; did you mean 'lr'? "
-        "(options: lr, betas, eps, weight_decay, amsgrad)",
+        "(optimizer keys: lr, betas, eps, weight_decay, amsgrad, param_groups, "
+        "no_decay_norm_and_bias)",
         "  - line 4: params.data.batch_size: low 0 makes an invalid config: data.batch_size: should be greater than 0, "
         "got 0",
         "  - line 5: params.model.dropout: high 1.5 makes an invalid config: model.dropout: should be less than 1, "

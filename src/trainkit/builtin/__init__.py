@@ -5,6 +5,6 @@ model, data set, optimizer and scheduler; the registries import it on first use.
 torch is imported inside the builders, so listing and validating stay fast.
 """
 
-from trainkit.builtin import datasets, image_folder, models, optim, table
+from trainkit.builtin import datasets, image_folder, models, optim, table, zoo
 
-__all__ = ["datasets", "image_folder", "models", "optim", "table"]
+__all__ = ["datasets", "image_folder", "models", "optim", "table", "zoo"]

@@ -120,7 +120,7 @@ def step(
 
 @SCHEDULERS.register("cosine", spans_run=True)
 def cosine(optimizer, total_steps: int, min_lr: NonNegative = 0.0):
-    """Cosine decay from the optimizer's lr to `min_lr` over the whole run."""
+    """Cosine decay from the optimizer's lr (each parameter group's own) to `min_lr` over the whole run."""
     import torch
 
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=min_lr)
@@ -141,8 +141,12 @@ def onecycle(
     """One-cycle policy over the whole run; `max_lr` defaults to the optimizer's lr."""
     import torch
 
-    if max_lr is None:
-        max_lr = optimizer.param_groups[0]["lr"]
+    peak: float | list[float]
+    if len(optimizer.param_groups) == 1:
+        peak = optimizer.param_groups[0]["lr"] if max_lr is None else max_lr
+    else:  # parameter groups: each peaks at its own lr (scaled alike when max_lr is given)
+        base = optimizer.defaults["lr"]
+        peak = [g["lr"] if max_lr is None else g["lr"] / base * max_lr for g in optimizer.param_groups]
     defaults = optimizer.defaults
     if "momentum" in defaults:
         # cycling would silently turn momentum-free SGD/RMSprop into momentum methods
@@ -151,7 +155,7 @@ def onecycle(
         cycle_momentum = False  # e.g. Adadelta: nothing to cycle
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
-        max_lr=max_lr,
+        max_lr=peak,
         total_steps=total_steps,
         pct_start=pct_start,
         anneal_strategy=anneal_strategy,

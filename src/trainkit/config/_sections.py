@@ -12,7 +12,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -93,6 +101,50 @@ class RandomResizedCropConfig(_Section):
     )
 
 
+class _TuningKeys(ComponentConfig):
+    """A component section with fine-tuning keys: written out only when set, so the config
+    of an ordinary run reads as before they existed."""
+
+    @model_serializer(mode="wrap")
+    def _only_set_tuning_keys(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for key, spec in type(self).model_fields.items():
+            if key != "name" and key in data and data[key] == spec.get_default(call_default_factory=True):
+                del data[key]
+        return data
+
+
+class ModelConfig(_TuningKeys):
+    init_from: str | None = Field(
+        None, description="start a new run from these weights: a run folder, a trainkit checkpoint or a state_dict file"
+    )
+    init_strict: bool = Field(True, description="false: load what fits init_from and list what was skipped")
+    freeze: list[str] = Field(
+        default_factory=list, description="glob patterns of parameter names to keep fixed, e.g. ['conv1.*', 'layer1.*']"
+    )
+    freeze_bn: bool = Field(False, description="batch norm in the frozen parts keeps its running statistics fixed")
+
+
+class ParamGroupConfig(BaseModel):
+    """`params:` glob pattern(s) of parameter names; every other key is an optimizer option for them."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, **STRICT)
+    params: str | Annotated[list[str], Field(min_length=1)]
+
+    def patterns(self) -> list[str]:
+        return [self.params] if isinstance(self.params, str) else list(self.params)
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class OptimizerConfig(_TuningKeys):
+    param_groups: list[ParamGroupConfig] = Field(
+        default_factory=list, description="each parameter goes to the first group whose pattern matches it"
+    )
+    no_decay_norm_and_bias: bool = Field(False, description="no weight decay for biases and normalisation weights")
+
+
 class AugmentConfig(_Section):
     crop_padding: NonNegativeInt = Field(0, description="random crop after zero padding by this many pixels; 0 = off")
     hflip: bool = Field(False, description="random horizontal flip with probability 0.5")
@@ -144,6 +196,9 @@ class TrainerConfig(_Section):
     limit_batches: PositiveInt | None = Field(None, description="train on at most this many batches per epoch")
     limit_eval_batches: PositiveInt | None = Field(None, description="evaluate on at most this many batches")
     early_stopping: EarlyStoppingConfig | None = None
+    unfreeze_at_epoch: Annotated[int, Field(ge=2)] | None = Field(
+        None, description="model.freeze's parameters start training at the start of this epoch (1-based)"
+    )
 
 
 class CheckpointConfig(_Section):
@@ -191,9 +246,9 @@ class ExperimentConfig(_Section):
     name: RunName = Field(description="run folder: <checkpoint.dir>/<name>/")
     seed: Seed = Field(0, description=f"seeds every random generator; 0 to {MAX_SEED}")
     imports: list[str] = Field(default_factory=list, description="modules imported first; they may register components")
-    model: ComponentConfig
+    model: ModelConfig
     data: DataConfig
-    optimizer: ComponentConfig
+    optimizer: OptimizerConfig
     scheduler: SchedulerConfig | None = None
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)

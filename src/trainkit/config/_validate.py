@@ -17,24 +17,30 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from trainkit import plugins
+from trainkit.config._finetune import cross_problems, param_group_problems
 from trainkit.config._metrics import complete_early_stopping, early_stopping_problems
 from trainkit.config._overrides import apply_overrides
-from trainkit.config._sections import ComponentConfig, DataConfig, ExperimentConfig, SchedulerConfig
+from trainkit.config._sections import (
+    DataConfig,
+    ExperimentConfig,
+    ModelConfig,
+    OptimizerConfig,
+    SchedulerConfig,
+)
 from trainkit.config._strict import hint_from_default, strict_hint
 from trainkit.config._yaml import KeyPath, read_yaml_file
 from trainkit.errors import ConfigError
 from trainkit.registry import REGISTRIES, Registry, did_you_mean
 
 # Keys of a component section that belong to trainkit, not to the builder.
-_OWN_KEYS = {
-    section: tuple(model.model_fields)
-    for section, model in {
-        "model": ComponentConfig,
-        "data": DataConfig,
-        "optimizer": ComponentConfig,
-        "scheduler": SchedulerConfig,
-    }.items()
+_SECTION_MODELS: dict[str, type[BaseModel]] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "optimizer": OptimizerConfig,
+    "scheduler": SchedulerConfig,
 }
+# in declaration order: messages list them ("data keys: batch_size, eval_batch_size, ...")
+_OWN_KEYS = {section: tuple(model.model_fields) for section, model in _SECTION_MODELS.items()}
 
 
 @dataclass(frozen=True)
@@ -162,19 +168,20 @@ def _check_component(section: str, raw: Any, registry: Registry) -> tuple[list[P
         if not plugins.has_module(module)
     ]
     for key in given:
-        if key in registry.runtime_inputs:
+        if key in registry.runtime_inputs and key not in known:
             problems.append(
                 Problem((section, key), f"is supplied by trainkit when the {registry.kind} is built; remove it")
             )
-    given = {k: v for k, v in given.items() if k not in registry.runtime_inputs}
+    given = {k: v for k, v in given.items() if k not in registry.runtime_inputs or k in known}
     try:
         validated = options_model(registry, name).model_validate(given)
     except ValidationError as exc:
         for problem in _pydantic_problems(exc, (section,)):
             if problem.unknown_key:
-                # to the user the section's own keys (data.batch_size) and the builder's options
-                # (data.root) are one list: suggest and show both
-                keys = [k for k in _OWN_KEYS[section] if k != "name"] + list(known)
+                # to the user the builder's options (data.root, optimizer.lr) and the section's
+                # own keys (data.batch_size, optimizer.param_groups) are one list: suggest and
+                # show both, the builder's first (those are the ones that differ per name)
+                keys = list(known) + [k for k in _OWN_KEYS[section] if k != "name"]
                 listing = ", ".join(keys) or "none"
                 what = f"{section} keys" if len(keys) > len(known) else "options"
                 problem = Problem(
@@ -227,6 +234,9 @@ def resolve(
         found, options[section] = _check_component(section, raw.get(section), registry)
         problems += found
     problems += [Problem(path, message) for path, message in early_stopping_problems(raw)]
+    found_tuning = param_group_problems(raw.get("optimizer"), options["optimizer"])
+    found_tuning += cross_problems(config) if config is not None else []
+    problems += [Problem(path, message) for path, message in found_tuning]
     if config is not None and config.logging.tensorboard and not plugins.has_module("tensorboard"):
         problems.append(
             Problem(("logging", "tensorboard"), "needs the tensorboard package: pip install 'trainkit[tensorboard]'")

@@ -18,7 +18,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from trainkit.config._sections import DataConfig, ExperimentConfig, SchedulerConfig
+from pydantic import BaseModel
+
+from trainkit.config._sections import DataConfig, ExperimentConfig, ModelConfig, OptimizerConfig, SchedulerConfig
 from trainkit.config._validate import options_model
 from trainkit.registry import REGISTRIES, Registry
 
@@ -60,6 +62,20 @@ def _builder_schema(registry: Registry, name: str, defs: dict[str, Any]) -> dict
     return branch
 
 
+def _family_schema(registry: Registry, prefix: str) -> dict[str, Any]:
+    """One branch for a whole family (torchvision.*): too many names to list, options checked by
+    `trainkit validate`."""
+    return {
+        "title": f"{registry.kind}s from {prefix}",
+        "description": f"`trainkit ls {registry.kind}s {prefix}` lists the names, "
+        f"`trainkit ls {registry.kind}s {prefix}.NAME` their options",
+        "type": "object",
+        "properties": {"name": {"type": "string", "pattern": f"^{prefix}\\..+"}},
+        "required": ["name"],
+        "additionalProperties": True,
+    }
+
+
 def _component_schema(registry: Registry, defs: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
     branches = []
     for name in registry.names():
@@ -67,12 +83,21 @@ def _component_schema(registry: Registry, defs: dict[str, Any], own: dict[str, A
         # trainkit's own keys of the section (data.batch_size, ...) sit beside the options
         branch["properties"] = {**branch["properties"], **own}
         branches.append(branch)
+    families = list(registry.families())
+    for prefix in families:
+        branch = _family_schema(registry, prefix)
+        branch["properties"] = {**branch["properties"], **own}
+        branches.append(branch)
+    names: dict[str, Any] = {"enum": registry.names()}
+    if families:
+        patterns = "|".join(families)
+        names = {"anyOf": [names, {"type": "string", "pattern": f"^({patterns})\\..+"}]}
     return {
         "description": f"`name` picks a registered {registry.kind}; the other keys are its options "
         f"(`trainkit ls {registry.kind}s` lists them)",
         "type": "object",
         "required": ["name"],
-        "properties": {"name": {"enum": registry.names()}},
+        "properties": {"name": names},
         "oneOf": branches,
     }
 
@@ -81,24 +106,26 @@ def config_schema() -> dict[str, Any]:
     """The full JSON Schema (draft 2020-12) of an experiment YAML file."""
     schema = copy.deepcopy(ExperimentConfig.model_json_schema())
     defs = schema.setdefault("$defs", {})
-    own_keys = {
-        section: {
-            k: v
-            for k, v in model.model_json_schema(ref_template="#/$defs/{model}")["properties"].items()
-            if k != "name"
-        }
-        for section, model in (("data", DataConfig), ("scheduler", SchedulerConfig))
+    own_keys = {}
+    sections: dict[str, type[BaseModel]] = {
+        "model": ModelConfig,
+        "data": DataConfig,
+        "optimizer": OptimizerConfig,
+        "scheduler": SchedulerConfig,
     }
+    for section, model in sections.items():
+        own_schema = model.model_json_schema(ref_template="#/$defs/{model}")
+        _hoist_defs(own_schema, defs, section)
+        own_keys[section] = {k: v for k, v in own_schema["properties"].items() if k != "name"}
     properties = schema["properties"]
     for section, registry in REGISTRIES.items():
-        own = own_keys.get(section, {})
-        component = _component_schema(registry, defs, own)
+        component = _component_schema(registry, defs, own_keys.get(section, {}))
         if section in schema.get("required", []):
             properties[section] = component
         else:  # optional sections (scheduler) may also be null
             properties[section] = {"anyOf": [component, {"type": "null"}], "default": None}
     # The generic component models are replaced by the per-builder branches above.
-    for unused in ("ComponentConfig", "DataConfig", "SchedulerConfig"):
+    for unused in ("ComponentConfig", "DataConfig", "ModelConfig", "OptimizerConfig", "SchedulerConfig"):
         defs.pop(unused, None)
     # `name` may be left out: it then defaults to the config file's stem.
     schema["required"] = [k for k in schema.get("required", []) if k != "name"]

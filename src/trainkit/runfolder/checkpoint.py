@@ -50,6 +50,8 @@ class Checkpoint:
     metrics_offset: int = 0  # length of metrics.jsonl when saved: resume cuts it back to this
     plugins: list[str] = field(default_factory=list)  # modules outside trainkit the components came from
     trackers: dict[str, Any] = field(default_factory=dict)  # what tracking sinks need to continue (MLflow run id)
+    # model.init_from of the run: {"path", "kind", "weights_sha256", "reinitialized", "skipped"}
+    started_from: dict[str, Any] | None = None
     versions: dict[str, Any] = field(default_factory=dict)  # trainkit, torch, python that wrote it
     saved_at: float = 0.0
     format_version: int = FORMAT_VERSION
@@ -124,6 +126,7 @@ _EXPECTED: dict[str, tuple[type, ...]] = {
     "metrics_offset": (int,),
     "plugins": (list, tuple),
     "trackers": (dict,),
+    "started_from": (dict, type(None)),
     "versions": (dict,),
     "saved_at": (float, int),
     "format_version": (int,),
@@ -150,6 +153,7 @@ def _migrate(values: dict[str, Any], version: int) -> dict[str, Any]:
         values.setdefault("data_record", None)
         values.setdefault("rank_losses", [])  # and each rank's epoch losses (before: rank 0's in `state`)
         values.setdefault("trackers", {})
+        values.setdefault("started_from", None)  # and where a fine-tuned run started from
     values["format_version"] = FORMAT_VERSION
     return values
 

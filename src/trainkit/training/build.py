@@ -6,6 +6,7 @@ asked), in one sequence that train, resume and evaluate share (`build`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import sys
 from collections.abc import Iterator
@@ -17,12 +18,15 @@ import torch
 from trainkit.config import ExperimentConfig, check_metric_for_task
 from trainkit.errors import ConfigError, TrainkitError
 from trainkit.registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULERS
-from trainkit.training import hostmem, rng
+from trainkit.training import finetune, hostmem, rng
 from trainkit.training.batches import Augment, Batches
 from trainkit.training.data import DataBundle, DatasetInfo, TensorSplit, border_mean
 from trainkit.training.distributed import DistContext, resolve_device
+from trainkit.training.initweights import init_from
 from trainkit.training.loader import default_num_workers, place
 from trainkit.training.loop import Run
+
+log = logging.getLogger("trainkit")
 
 
 def num_workers(cfg: ExperimentConfig) -> int:
@@ -55,13 +59,18 @@ def load_data(cfg: ExperimentConfig, record: dict[str, Any] | None = None) -> Da
     return bundle
 
 
-def build_model(cfg: ExperimentConfig, info: DatasetInfo, device: torch.device) -> torch.nn.Module:
+def build_model(
+    cfg: ExperimentConfig, info: DatasetInfo, device: torch.device, new_run: bool = False
+) -> torch.nn.Module:
+    """The model on `device`. `new_run`: a run starts, so pretrained weights are loaded (a
+    rebuilt model receives a checkpoint's weights instead)."""
     model = MODELS.build(
         cfg.model.name,
         cfg.model.options(),
         input_shape=tuple(info.input_shape),
         num_classes=info.num_classes,
         num_outputs=info.num_outputs,
+        new_run=new_run,
     )
     if not isinstance(model, torch.nn.Module):
         raise TrainkitError(f"model '{cfg.model.name}' returned {type(model).__name__}, not a torch.nn.Module")
@@ -141,16 +150,29 @@ def build_run(
     )
     check_metric_for_task(t.early_stopping, bundle.info.task)  # for data sets that declare no task
     steps_per_epoch = math.ceil(len(train) / t.accumulate_grad_batches)
-    optimizer = build_optimizer(cfg, module)
+    plan = finetune.plan(cfg, module)
+    optimizer = build_optimizer(cfg, module, plan)
     scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
-    model: Any = module  # what the step calls: maybe DDP-wrapped and/or compiled
-    if dist.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
-    eval_model: Any = module
-    if t.compile:
-        model, eval_model = torch.compile(model), torch.compile(module)
+
+    def wrap() -> Any:
+        """What the step calls: the module, maybe DDP-wrapped and/or compiled."""
+        model: Any = module
+        if dist.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            # only when some trainable parameter gets no gradient: the search costs every step
+            unused = finetune.unused_parameters(module, tuple(bundle.info.input_shape))
+            if unused is None or unused:
+                what = ", ".join(unused[:3]) + (", ..." if len(unused) > 3 else "") if unused else "(not checked)"
+                log.info(f"DDP: find_unused_parameters is on: parameters without a gradient: {what}")
+            model = torch.nn.parallel.DistributedDataParallel(
+                module, device_ids=ids, find_unused_parameters=unused is None or bool(unused)
+            )
+        return torch.compile(model) if t.compile else model
+
+    tuning = finetune.Finetune(cfg, module, plan, wrap) if plan.frozen else None
+    model = wrap()
+    eval_model: Any = torch.compile(module) if t.compile else module
     classification = bundle.info.task == "classification"
     return Run(
         model=model,
@@ -172,11 +194,20 @@ def build_run(
         label_smoothing=t.label_smoothing,
         early_stopping=t.early_stopping,
         monitor=("val_accuracy", "max") if classification else ("val_loss", "min"),
+        before_epoch=tuning.before_epoch if tuning is not None else None,
     )
 
 
-def build_optimizer(cfg: ExperimentConfig, module: torch.nn.Module) -> torch.optim.Optimizer:
-    return OPTIMIZERS.build(cfg.optimizer.name, cfg.optimizer.options(), params=module.parameters())
+def build_optimizer(
+    cfg: ExperimentConfig, module: torch.nn.Module, plan: finetune.Plan | None = None
+) -> torch.optim.Optimizer:
+    """The config's optimizer over the model's parameters, in the parameter groups of the
+    fine-tuning plan (frozen parameters left out, model.freeze / optimizer.param_groups)."""
+    plan = plan if plan is not None else finetune.plan(cfg, module)
+    params: Any = plan.groups if plan.custom else module.parameters()
+    optimizer = OPTIMIZERS.build(cfg.optimizer.name, cfg.optimizer.options(), params=params)
+    finetune.check_group_options(cfg, optimizer)
+    return optimizer
 
 
 def build_scheduler(cfg: ExperimentConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Any:
@@ -203,21 +234,31 @@ class Built:
     bundle: DataBundle
     module: torch.nn.Module  # the plain model (not DDP-wrapped or compiled): what checkpoints hold
     run: Run | None
+    started_from: dict[str, Any] | None = None  # what model.init_from loaded (a new run only)
 
 
 def build(
-    cfg: ExperimentConfig, ctx: DistContext, *, training: bool = True, data_record: dict[str, Any] | None = None
+    cfg: ExperimentConfig,
+    ctx: DistContext,
+    *,
+    training: bool = True,
+    data_record: dict[str, Any] | None = None,
+    new_run: bool = False,
 ) -> Built:
     """The one build sequence: device, seed, data, model, then optimizer & co. for training.
 
     `data_record` is the data set's record from a checkpoint (resume, eval), so the data is
-    rebuilt exactly as the run saw it."""
+    rebuilt exactly as the run saw it. `new_run`: a run starts here, so the model starts from
+    its pretrained weights or model.init_from (a resumed or evaluated one gets a checkpoint's)."""
     device = resolve_device(cfg.trainer.device, ctx)
     prepare_device(cfg, device)
     rng.seed_everything(cfg.seed)
     bundle = load_data(cfg, data_record)
-    module = build_model(cfg, bundle.info, device)
+    module = build_model(cfg, bundle.info, device, new_run=new_run)
+    started_from = None
+    if new_run and cfg.model.init_from:
+        started_from = init_from(module, cfg, bundle.info.num_outputs)
     run = build_run(cfg, bundle, module, device, ctx) if training else None
     if ctx.rank > 0:  # same initial weights everywhere (DDP broadcasts them), own dropout masks
         rng.seed_everything(cfg.seed + ctx.rank)
-    return Built(device, bundle, module, run)
+    return Built(device, bundle, module, run, started_from)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
@@ -105,6 +105,9 @@ class Run:
     label_smoothing: float = 0.0  # training loss only: validation reports plain cross-entropy
     early_stopping: Any = None  # EarlyStoppingConfig or None
     monitor: tuple[str, str] = ("val_accuracy", "max")  # which epoch metric makes best.pt
+    # called as before_epoch(run, epoch) at the start of each epoch (0-based), and by a resume
+    # for the epoch it stopped in: what changes the optimizer's layout (finetune.py's unfreeze)
+    before_epoch: Callable[[Run, int], None] | None = None
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.precision)
@@ -130,6 +133,8 @@ def fit(run: Run, state: TrainState, events: Events) -> TrainState:
     """Epochs of train_one_epoch then evaluate, from wherever `state` stands."""
     while state.epoch < run.epochs and not state.stopped_early:
         started = time.time()
+        if run.before_epoch is not None:
+            run.before_epoch(run, state.epoch)
         train_loss = train_one_epoch(run, state, events)
         bar = events.eval_progress(len(run.eval_batches))
         try:

@@ -23,6 +23,7 @@ from trainkit.runfolder.folder import checkpoint_file
 from trainkit.training import rng, statecheck
 from trainkit.training.build import build_model
 from trainkit.training.data import DatasetInfo
+from trainkit.training.initweights import clean_keys
 from trainkit.training.loop import Run, TrainState
 
 log = logging.getLogger("trainkit")
@@ -38,20 +39,9 @@ REBUILD_OVERRIDES = [
 ]
 
 
-def _clean_keys(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """Drop the prefixes DDP ('module.') and torch.compile ('_orig_mod.') add, as timm does."""
-    cleaned = {}
-    for key, value in state_dict.items():
-        for prefix in ("module.", "_orig_mod."):
-            while key.startswith(prefix):
-                key = key[len(prefix) :]
-        cleaned[key] = value
-    return cleaned
-
-
 def load_model_state(module: torch.nn.Module, state_dict: dict[str, Any], source: str) -> None:
     """load_state_dict, with a mismatch explained in terms of the architecture."""
-    state_dict = _clean_keys(state_dict)
+    state_dict = clean_keys(state_dict)
     own = module.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -98,6 +88,10 @@ def restore_training(
 
     `load_scheduler=False` when the resume changes the schedule (retune.py sets its state)."""
     load_model_state(module, checkpoint.model, source)
+    state = train_state(checkpoint, source)
+    started = state.epoch if state.batch > 0 else state.epoch - 1  # the last epoch begun
+    if run.before_epoch is not None and started >= 0:
+        run.before_epoch(run, started)  # e.g. an unfreeze: the optimizer's layout as it was saved
     # what a fresh run has, to compare the loaded hyper-parameters with (statecheck.py)
     fresh_groups = run.optimizer.state_dict()["param_groups"]
     fresh_scheduler = run.scheduler.state_dict() if run.scheduler is not None else None
@@ -122,7 +116,6 @@ def restore_training(
     problems += statecheck.param_state_problems(run.optimizer)
     if problems:
         raise CheckpointError(f"{source}: optimizer or scheduler state does not fit this run: {_some(problems)}")
-    state = train_state(checkpoint, source)
     saved_world = checkpoint.world_size
     ctx = run.dist
     if saved_world != ctx.world_size and state.batch:

@@ -54,6 +54,7 @@ def make_checkpoint(
     is_best: bool,
     rank_losses: list[list[float]] | None = None,
     trackers: dict[str, Any] | None = None,
+    started_from: dict[str, Any] | None = None,
 ) -> Checkpoint:
     return Checkpoint(
         versions={"trainkit": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
@@ -75,6 +76,7 @@ def make_checkpoint(
         data_record=bundle.record,
         metrics_offset=metrics_offset,
         trackers=trackers or {},
+        started_from=started_from,
         saved_at=time.time(),
     )
 
@@ -168,8 +170,10 @@ class Session:
         runlog: RunLog | None,
         reporter: Reporter,
         sinks: Sequence[Sink] = (),
+        started_from: dict[str, Any] | None = None,
     ):
         self.cfg, self.run, self.module, self.bundle = cfg, run, module, bundle
+        self.started_from = started_from  # model.init_from's record, kept in every checkpoint
         self.folder, self.runlog, self.reporter = folder, runlog, reporter
         self.ctx: DistContext = run.dist
         self.stop: StopRequest | None = None
@@ -203,7 +207,17 @@ class Session:
                 state = dataclasses.replace(state, stopped_early=True, ended_by=self.sink_stop.status)
             trackers = {s.state_key: s.state() for s in self.sinks if isinstance(s, StatefulSink)}
             checkpoint = make_checkpoint(
-                self.cfg, self.run, self.module, self.bundle, state, rng_states, offset, is_best, rank_losses, trackers
+                self.cfg,
+                self.run,
+                self.module,
+                self.bundle,
+                state,
+                rng_states,
+                offset,
+                is_best,
+                rank_losses,
+                trackers,
+                self.started_from,
             )
             path = self.folder.save(checkpoint, is_best)
             self._status("running", state)
