@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -313,17 +314,38 @@ def test_a_tracking_server_that_is_not_there_costs_the_run_nothing(cli, tmp_path
     assert load_ckpt(tmp_path / "ckpt" / "m" / "last.pt")["trackers"] == {"mlflow": {}}  # no run to continue
 
 
-def test_sweep_trials_become_children_of_the_sweeps_run(tmp_path, store, monkeypatch):
-    from trainkit.config._sections import MlflowConfig
+@pytest.mark.slow
+def test_a_sweeps_trials_are_children_of_one_parent_run_also_when_the_sweep_is_run_again(tmp_path, store, cli):
+    import sys
 
-    settings = MlflowConfig(tracking_uri=store, experiment="sweep")
-    parent = mlflow_sink.start_parent_run(settings, "lr_search", tags={"trainkit.sweep": "lr_search"})
-    monkeypatch.setenv("TRAINKIT_MLFLOW_PARENT_RUN_ID", parent)
-    for i in range(2):
-        trainkit.train(_config(tmp_path, store, "sweep", name=f"trial-{i}", log_checkpoints="none"), quiet=True)
-    mlflow_sink.end_parent_run(settings, parent)
-    children = _search(store, experiment_names=["sweep"], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
-    assert sorted(r.info.run_name for r in children) == ["trial-0", "trial-1"]
+    sys.path.insert(0, str(Path(__file__).parents[1] / "sweeps"))
+    from sweep_helpers import write_sweep
+
+    base = _config(tmp_path, store, "sweep", log_checkpoints="none")
+    spec = {
+        "overrides": ["trainer.epochs=1"],
+        "params": {"optimizer.lr": {"type": "loguniform", "low": 1e-3, "high": 0.1}},
+        "sampler": {"name": "random", "seed": 0},
+    }
+    path = write_sweep(tmp_path, base=base, trials=2, **spec)
+    code, _, err = cli("sweep", path, "-q")
+    assert code == 0, err
+    parents = _search(store, experiment_names=["sweep"], filter_string="attributes.run_name = 'search'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0].info.run_id
+    assert parents[0].data.tags["trainkit.sweep_dir"] == str(tmp_path / "ckpt" / "search")
+
+    def children():
+        found = _search(store, experiment_names=["sweep"], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+        return sorted((r.info.run_name, r.info.status) for r in found)
+
+    assert children() == [("trial-0000", "FINISHED"), ("trial-0001", "FINISHED")]
+    # two more trials, by the same command with a larger total: the same parent, reopened and finished
+    path = write_sweep(tmp_path, base=base, trials=3, **spec)
+    code, _, err = cli("sweep", path, "-q")
+    assert code == 0, err
+    assert len(_search(store, experiment_names=["sweep"], filter_string="attributes.run_name = 'search'")) == 1
+    assert [name for name, _ in children()] == ["trial-0000", "trial-0001", "trial-0002"]
     assert MlflowClient(store).get_run(parent).info.status == "FINISHED"
 
 

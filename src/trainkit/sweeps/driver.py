@@ -34,8 +34,10 @@ from trainkit.sweeps.report import objective_value, summarize, write_outputs
 from trainkit.sweeps.spec import Sweep
 from trainkit.sweeps.study import RunLock, Study, config_values, quiet_optuna
 from trainkit.sweeps.worker import FD_ENV
+from trainkit.tracking import PARENT_RUN_ENV
 
 log = logging.getLogger("trainkit")
+MLFLOW_PARENT = "trainkit.mlflow_parent_run_id"  # the study's user attribute holding it
 
 
 class SweepInterrupted(TrainingInterrupted):
@@ -96,6 +98,7 @@ class Driver:
         self.children: dict[int, subprocess.Popen] = {}  # slot -> the trial process it runs
         self.running: dict[int, Any] = {}  # slot -> the Optuna trial it runs (for heartbeats)
         self.study: Study
+        self.mlflow_parent: str | None = None  # the sweep's MLflow run: every trial's run is its child
 
     # -- the whole sweep
     def run(self) -> dict[str, Any]:
@@ -110,7 +113,11 @@ class Driver:
                 f"sweep {self.sweep.name}: {self.total} trials ({done} done), {self.jobs} at a time in their own "
                 f"processes, {cpus}{gpus}; study in {self.study.where}; runs in {self.sweep.folder}"
             )
-            self._loop()
+            self.mlflow_parent = self._start_mlflow_parent()
+            try:
+                self._loop()
+            finally:
+                self._end_mlflow_parent()
             summary = self._summary()
             write_outputs(self.sweep, summary)
         if self.error is not None:
@@ -131,6 +138,49 @@ class Driver:
             "trials": self.total,
         }
         atomic_write_text(self.sweep.folder / layout.SWEEP, json.dumps(about, indent=1) + "\n")
+
+    def _start_mlflow_parent(self) -> str | None:
+        """When the base config tracks with MLflow: the sweep's own MLflow run, created by the
+        first process to work on the study and kept in it (so a rerun, or another machine,
+        reopens the same run). A tracker never stops training: failing, the trials are tracked
+        without a parent, and a warning says so."""
+        settings = self.sweep.base.logging.mlflow
+        if settings is None:
+            return None
+        from trainkit.tracking.mlflow_sink import start_parent_run
+
+        try:
+            with self.study.claim_lock():  # one process creates it
+                stored = self.study.user_attr(MLFLOW_PARENT)
+                run_id = start_parent_run(
+                    settings, self.sweep.name, stored, tags={"trainkit.sweep_dir": str(self.sweep.folder)}
+                )
+                if stored is None:
+                    self.study.set_user_attr(MLFLOW_PARENT, run_id)
+        except TrainkitError as exc:
+            log.warning(f"warning: {exc}; the trials are tracked without a parent run")
+            return None
+        return run_id
+
+    def _end_mlflow_parent(self) -> None:
+        """FINISHED when every trial is done, KILLED after a signal, FAILED after an error; a
+        sweep that other processes are still working on leaves its run RUNNING."""
+        if self.mlflow_parent is None:
+            return
+        from trainkit.tracking.mlflow_sink import end_parent_run
+
+        if self.signum is not None:
+            status = "KILLED"
+        elif self.error is not None:
+            status = "FAILED"
+        elif self.study.finished(self.total):
+            status = "FINISHED"
+        else:
+            return
+        try:
+            end_parent_run(self.sweep.base.logging.mlflow, self.mlflow_parent, status)  # type: ignore[arg-type]
+        except TrainkitError as exc:
+            log.warning(f"warning: {exc}")
 
     def _loop(self) -> None:
         self.stopped_running = 0
@@ -255,6 +305,8 @@ class Driver:
         env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
+        if self.mlflow_parent is not None:
+            env[PARENT_RUN_ENV] = self.mlflow_parent
         read_end, write_end = os.pipe()
         env[FD_ENV] = str(write_end)
         with open(logs / f"{run_dir.name}.log", "ab") as log_file:

@@ -381,6 +381,19 @@ class Study:
             return "claim"
         return "wait"
 
+    def finished(self, total: int) -> bool:
+        """Every one of the sweep's `total` runs is done (complete, pruned or failed for good)."""
+        return sum(r.status in DONE for r in self.runs()) >= total
+
+    def user_attr(self, key: str) -> Any:
+        """A value the study keeps for every process working on it (Optuna user attributes)."""
+        with self.lock:
+            return self.study.user_attrs.get(key)
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        with self.lock:
+            self.study.set_user_attr(key, value)
+
     def ask(self) -> tuple[Any, int]:
         """A trial to run (a queued retry first) and its run number. Call under claim_lock."""
         with self.lock:
