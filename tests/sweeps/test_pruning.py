@@ -81,5 +81,7 @@ def test_the_median_pruner_stops_the_worse_trial(tmp_path, cli, monkeypatch):
         ("search/trial-0000", "complete"),
         ("search/trial-0001", "pruned"),
     ]
-    code, _, err = cli("resume", pruned)
-    assert code == 2 and "is already complete (stopped early)" in err
+    code, out, err = cli("resume", pruned)  # its sweep ended it: resume says so and trains nothing
+    assert code == 0, err
+    ended = "a run its sweep ended is not continued: train a new run instead"
+    assert out == f"{pruned} is already complete (pruned); {ended}\n"

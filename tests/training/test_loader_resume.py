@@ -228,7 +228,7 @@ def test_a_signal_to_the_whole_process_group_stops_and_resumes_exactly(tmp_path,
     _, err = process.communicate(timeout=300)
     assert process.returncode == 128 + signum, err
     assert "resume with: trainkit resume" in err and "Traceback" not in err
-    assert command("resume", "ckpt/run", "-q").wait(timeout=600) == 0
+    assert command("resume", "ckpt/run", "-q", "--import", "slow_plugin").wait(timeout=600) == 0
     assert_same_tensors(_final(tmp_path / "ckpt" / "run"), _final(tmp_path / "ckpt" / "ref"))
 
 

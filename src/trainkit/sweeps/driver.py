@@ -283,6 +283,8 @@ class Driver:
             "resume": resume,
             "threads": self.threads,
             "metric": self.sweep.spec.objective.metric,
+            # the plugins the base config imports: the user's leave to import them again on resume
+            "imports": list(self.sweep.base.imports),
         }
         if not resume:
             try:

@@ -94,12 +94,6 @@ class RunLock:
             os.close(self.fd)
             self.fd = None
 
-    def held_elsewhere(self) -> bool:
-        if self.acquire():
-            self.release()
-            return False
-        return True
-
 
 @dataclass
 class Run:
@@ -359,9 +353,18 @@ class Study:
                         log.info(f"{_label(trial)}: no heartbeat for {beat} s, so its process is gone; it resumes")
                 return
             for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if not RunLock(self.folder, root_of(trial)).held_elsewhere():
-                    log.info(f"{_label(trial)}: its process is gone; it resumes")
-                    self._fail_and_retry(trial.number, "its process is gone")
+                lock = RunLock(self.folder, root_of(trial))
+                if not lock.acquire():
+                    continue  # its process holds the lock: alive
+                try:
+                    # read again while holding the lock: a process that finished the trial told
+                    # Optuna before it let go, so a trial still RUNNING now has lost its process
+                    now = next(t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number)
+                    if now.state == TrialState.RUNNING:
+                        log.info(f"{_label(trial)}: its process is gone; it resumes")
+                        self._fail_and_retry(trial.number, "its process is gone")
+                finally:
+                    lock.release()
 
     def plan(self, total: int) -> str:
         """'claim' (a queued run or room for a new one), 'wait' (others are running the rest)

@@ -117,7 +117,7 @@ def _run(job: dict[str, Any], channel: _Channel) -> tuple[str, str | None, str, 
     sink = PruneSink(channel, job["metric"])
     try:
         if job["resume"]:
-            api.resume(job["run_dir"], sinks=[sink])
+            api.resume(job["run_dir"], sinks=[sink], imports=job.get("imports", []))
         else:
             api.train(job["config"], overwrite=job["overwrite"], sinks=[sink])
     except TrialPruned as exc:

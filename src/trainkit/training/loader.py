@@ -28,6 +28,7 @@ import os
 import random
 import signal
 import threading
+import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -249,7 +250,7 @@ def _start(loader: DataLoader) -> Iterator[Any]:
                 signal.signal(signal.SIGCHLD, before)
 
 
-def _death(iterator: Any, exc: BaseException, what: str) -> DataLoaderError:
+def _dead_workers(iterator: Any) -> list[str]:
     dead = []
     for worker in getattr(iterator, "_workers", []):
         code = worker.exitcode
@@ -260,6 +261,15 @@ def _death(iterator: Any, exc: BaseException, what: str) -> DataLoaderError:
                 dead.append(f"pid {worker.pid} killed by {name}{oom}")
             else:
                 dead.append(f"pid {worker.pid} exited with code {code}")
+    return dead
+
+
+def _death(iterator: Any, exc: BaseException, what: str) -> DataLoaderError:
+    # A worker's pipe closes while it exits, a moment before its exit status can be read:
+    # wait a little for it, so the message says how it died (killed by SIGKILL: memory)
+    deadline = time.monotonic() + 2.0
+    while not (dead := _dead_workers(iterator)) and time.monotonic() < deadline:
+        time.sleep(0.02)
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     detail = "; ".join(dead) if dead else first
     return DataLoaderError(
