@@ -158,7 +158,7 @@ class Driver:
                 if stored is None:
                     self.study.set_user_attr(MLFLOW_PARENT, run_id)
         except TrainkitError as exc:
-            log.warning(f"warning: {exc}; the trials are tracked without a parent run")
+            log.warning(f"{exc}; the trials are tracked without a parent run")
             return None
         return run_id
 
@@ -180,7 +180,7 @@ class Driver:
         try:
             end_parent_run(self.sweep.base.logging.mlflow, self.mlflow_parent, status)  # type: ignore[arg-type]
         except TrainkitError as exc:
-            log.warning(f"warning: {exc}")
+            log.warning(str(exc))
 
     def _loop(self) -> None:
         self.stopped_running = 0
