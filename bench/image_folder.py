@@ -169,15 +169,18 @@ def write_folder(args: argparse.Namespace, n_train: int, n_test: int) -> Path:
     return folder
 
 
-def write_images(folder: Path, dataset: str, root: str, suffix: str, n_train: int, n_test: int) -> None:
+def write_images(
+    folder: Path, dataset: str, root: str, suffix: str, n_train: int, n_test: int, marker: bool = True
+) -> None:
     """The data set's first n_train / n_test images in folder/{train,test}/<class name>/, then
-    a file `complete` (a folder without it was cut short and is written again)."""
+    (with `marker`) a file `complete`: the benchmark writes a folder again that lacks it."""
     sys.path.insert(0, str(REPO / "src"))
     from PIL import Image
 
     from trainkit.builtin.datasets import fashion_mnist, mnist
 
-    shutil.rmtree(folder, ignore_errors=True)
+    if marker:  # the benchmark's own folder under --work, cut short earlier: written again
+        shutil.rmtree(folder, ignore_errors=True)
     data = (mnist if dataset == "mnist" else fashion_mnist)(root=root, download=False)
     names = [name.replace("/", "-") for name in data.info.class_names]  # "T-shirt/top" is no folder name
     print(f"writing {n_train + n_test} {suffix.upper()} files of {dataset} to {folder} ...", flush=True)
@@ -187,7 +190,8 @@ def write_images(folder: Path, dataset: str, root: str, suffix: str, n_train: in
             (folder / split / names[label]).mkdir(parents=True, exist_ok=True)
         for i, label in enumerate(labels):
             Image.fromarray(part.inputs[i, 0].numpy()).save(folder / split / names[label] / f"{i:05d}.{suffix}")
-    (folder / "complete").write_text("")
+    if marker:
+        (folder / "complete").write_text("")
 
 
 def _rollup(pid: int) -> dict[str, int]:
@@ -275,7 +279,9 @@ def accuracy(result: dict, out: Path) -> float | None:
 def main() -> None:
     args = parse_args()
     if args.write:
-        write_images(Path(args.write), args.dataset, args.root, args.format, args.train, args.test)
+        if Path(args.write).exists() and any(Path(args.write).iterdir()):
+            sys.exit(f"error: {args.write} exists and is not empty; --write writes a new folder and deletes nothing")
+        write_images(Path(args.write), args.dataset, args.root, args.format, args.train, args.test, marker=False)
         return
     if args.device.startswith("cuda") or args.gpu_decode:
         import torch
