@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -314,20 +315,23 @@ def test_a_tracking_server_that_is_not_there_costs_the_run_nothing(cli, tmp_path
     assert load_ckpt(tmp_path / "ckpt" / "m" / "last.pt")["trackers"] == {"mlflow": {}}  # no run to continue
 
 
-@pytest.mark.slow
-def test_a_sweeps_trials_are_children_of_one_parent_run_also_when_the_sweep_is_run_again(tmp_path, store, cli):
-    import sys
-
+def _write_sweep(folder, **spec):
+    """tests/sweeps' sweep file writer (base config and sweep.yaml in `folder`)."""
     sys.path.insert(0, str(Path(__file__).parents[1] / "sweeps"))
     from sweep_helpers import write_sweep
 
+    return write_sweep(folder, **spec)
+
+
+@pytest.mark.slow
+def test_a_sweeps_trials_are_children_of_one_parent_run_also_when_the_sweep_is_run_again(tmp_path, store, cli):
     base = _config(tmp_path, store, "sweep", log_checkpoints="none")
     spec = {
         "overrides": ["trainer.epochs=1"],
         "params": {"optimizer.lr": {"type": "loguniform", "low": 1e-3, "high": 0.1}},
         "sampler": {"name": "random", "seed": 0},
     }
-    path = write_sweep(tmp_path, base=base, trials=2, **spec)
+    path = _write_sweep(tmp_path, base=base, trials=2, **spec)
     code, _, err = cli("sweep", path, "-q")
     assert code == 0, err
     parents = _search(store, experiment_names=["sweep"], filter_string="attributes.run_name = 'search'")
@@ -341,12 +345,36 @@ def test_a_sweeps_trials_are_children_of_one_parent_run_also_when_the_sweep_is_r
 
     assert children() == [("trial-0000", "FINISHED"), ("trial-0001", "FINISHED")]
     # two more trials, by the same command with a larger total: the same parent, reopened and finished
-    path = write_sweep(tmp_path, base=base, trials=3, **spec)
+    path = _write_sweep(tmp_path, base=base, trials=3, **spec)
     code, _, err = cli("sweep", path, "-q")
     assert code == 0, err
     assert len(_search(store, experiment_names=["sweep"], filter_string="attributes.run_name = 'search'")) == 1
     assert [name for name, _ in children()] == ["trial-0000", "trial-0001", "trial-0002"]
     assert MlflowClient(store).get_run(parent).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_mlflow_is_away_at_its_start_tracks_its_trials_without_a_parent(
+    tmp_path, store, cli, monkeypatch
+):
+    from trainkit.errors import TrainkitError
+
+    def away(settings, name, run_id=None, tags=None):
+        raise TrainkitError(f"MLflow ({store}): cannot start the sweep's run: Connection refused")
+
+    monkeypatch.setattr(mlflow_sink, "start_parent_run", away)  # the sweep process only: trials track
+    base = _config(tmp_path, store, "orphans", log_checkpoints="none")
+    params = {"optimizer.lr": {"type": "choice", "values": [0.01]}}
+    path = _write_sweep(tmp_path, base=base, overrides=["trainer.epochs=1"], params=params, trials=1)
+    code, _, err = cli("sweep", path, "-q")
+    assert code == 0, err
+    assert (
+        f"warning: MLflow ({store}): cannot start the sweep's run: Connection refused; the trials are tracked "
+        "without a parent run" in err
+    )
+    runs = _search(store, experiment_names=["orphans"])
+    assert [(r.info.run_name, r.info.status) for r in runs] == [("trial-0000", "FINISHED")]
+    assert "mlflow.parentRunId" not in runs[0].data.tags
 
 
 def test_asking_for_mlflow_without_it_installed_is_a_config_error(cli, tmp_path, monkeypatch):
