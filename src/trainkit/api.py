@@ -252,6 +252,23 @@ def resume(
             f"(step {newest}); resuming from it would discard the later history. "
             f"Resume the folder (`trainkit resume {folder.path}`) or copy the file to a new folder"
         )
+    loaded = (source, checkpoint, skipped)
+    return _continue(loaded, overrides, device, quiet, sinks, imports, trust_plugins, dry_run)
+
+
+def _continue(
+    loaded: tuple[Path, Checkpoint, list[Path]],
+    overrides: list[str] | tuple[str, ...],
+    device: str | None,
+    quiet: bool,
+    sinks: Sequence[Sink],
+    imports: Sequence[str],
+    trust_plugins: bool,
+    dry_run: bool,
+) -> dict[str, Any]:
+    """`resume` from a loaded checkpoint: (its file, the checkpoint, damaged newer files skipped)."""
+    source, checkpoint, skipped = loaded
+    folder = RunFolder(source.parent)
     saved = _saved_config(checkpoint, source, "resume", imports, trust_plugins)
     checkpoint.require("optimizer", source=source, purpose="resume")
     base = resume_base(saved, overrides)
@@ -346,14 +363,14 @@ def auto_resume(
     if not folder.step_files() and not folder.last.exists():
         overwrite = folder.holds_run()
         return train(cfg, quiet=quiet, overwrite=overwrite, sinks=sinks, imports=imports, dry_run=dry_run)
-    source, checkpoint, _ = folder.load_latest()
+    loaded = folder.load_latest()
+    source, checkpoint, _ = loaded
     imports = [*imports, *cfg.imports]  # the user's own config names them: their leave to import
     saved = _saved_config(checkpoint, source, "resume", imports, trust_plugins)
     _check_frozen(saved, cfg, source, RESUME_FROZEN)
     changes = _changes(saved, cfg.to_dict())
-    return resume(
-        folder.path, changes, quiet=quiet, sinks=sinks, imports=imports, trust_plugins=trust_plugins, dry_run=dry_run
-    )
+    # the checkpoint just read is the one to resume from: not read a second time
+    return _continue(loaded, changes, None, quiet, sinks, imports, trust_plugins, dry_run)
 
 
 @_api

@@ -206,6 +206,26 @@ def _launch_distributed(nproc: int, argv: list[str], quiet: bool) -> None:
     os.execv(sys.executable, command)
 
 
+def _launch_checked(dry_run: Callable[[], dict[str, Any]], nproc: int, quiet: bool) -> None:
+    """`--nproc N`: check in this process what the workers would do (`dry_run`: config, run
+    folder and its lock, device), so a mistake is one line and exit 2 before any worker
+    starts; a run with nothing left to train says so and exits 0; else launch."""
+
+    def check() -> dict[str, Any]:
+        from trainkit.training.distributed import check_launch
+
+        checked = dry_run()
+        if not checked.get("already_complete"):
+            check_launch(checked["config"]["trainer"]["device"], nproc)
+        return checked
+
+    checked = _call(check, quiet)
+    if checked.get("already_complete"):  # nothing to train: no processes to start
+        _print_result(checked, quiet, "trained")
+        raise typer.Exit(0)
+    _launch_distributed(nproc, _strip_nproc(sys.argv[1:]), quiet)
+
+
 def _cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))  # the cores this process may use (containers, taskset)
@@ -312,27 +332,17 @@ def train(
         _call(_usage_error("--auto-resume and --overwrite contradict each other; choose one"))
     if nproc > 1:
 
-        def check() -> dict[str, Any]:  # in this process, before any worker starts: one line, exit 2
+        def dry_run() -> dict[str, Any]:
             from trainkit.api import auto_resume as run_auto_resume
             from trainkit.api import train as run_train
-            from trainkit.training.distributed import check_launch
 
-            checked = (
-                run_auto_resume(config, overrides or [], device=device, imports=imports or [], dry_run=True)
-                if auto_resume
-                else run_train(
-                    config, overrides or [], device=device, overwrite=overwrite, imports=imports or [], dry_run=True
-                )
+            if auto_resume:
+                return run_auto_resume(config, overrides or [], device=device, imports=imports or [], dry_run=True)
+            return run_train(
+                config, overrides or [], device=device, overwrite=overwrite, imports=imports or [], dry_run=True
             )
-            if not checked.get("already_complete"):
-                check_launch(checked["config"]["trainer"]["device"], nproc)
-            return checked
 
-        checked = _call(check, quiet)
-        if checked.get("already_complete"):  # nothing to train: no processes to start
-            _print_result(checked, quiet, "trained")
-            raise typer.Exit(0)
-        _launch_distributed(nproc, _strip_nproc(sys.argv[1:]), quiet)
+        _launch_checked(dry_run, nproc, quiet)
 
     def body() -> None:
         from trainkit.api import auto_resume as run_auto_resume
@@ -374,22 +384,14 @@ def resume(
     """
     if nproc > 1:
 
-        def check() -> dict[str, Any]:  # in this process, before any worker starts: one line, exit 2
+        def dry_run() -> dict[str, Any]:
             from trainkit.api import resume as run_resume
-            from trainkit.training.distributed import check_launch
 
-            checked = run_resume(
+            return run_resume(
                 path, overrides or [], device=device, imports=imports or [], trust_plugins=trust, dry_run=True
             )
-            if not checked.get("already_complete"):
-                check_launch(checked["config"]["trainer"]["device"], nproc)
-            return checked
 
-        checked = _call(check, quiet)
-        if checked.get("already_complete"):  # nothing to train: no processes to start
-            _print_result(checked, quiet, "trained")
-            raise typer.Exit(0)
-        _launch_distributed(nproc, _strip_nproc(sys.argv[1:]), quiet)
+        _launch_checked(dry_run, nproc, quiet)
 
     def body() -> None:
         from trainkit.api import resume as run_resume
