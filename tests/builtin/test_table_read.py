@@ -113,3 +113,50 @@ def test_a_path_that_is_not_a_file_is_a_config_error(tmp_path, monkeypatch):
         read_table("data.test_path", "nope.csv", resuming=True)
     with pytest.raises(ConfigError, match="is a folder; give a .csv or .parquet file"):
         read_table("data.path", str(tmp_path))
+
+
+def test_arrow_to_numpy_keeps_values_offsets_and_nulls():
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from trainkit.builtin.table_read import arrow_array, to_numpy
+
+    ints = pa.chunked_array([pa.array([1, None, 3]), pa.array([4, 5])])
+    assert to_numpy(ints).tolist() == [1, -1, 3, 4, 5]
+    assert to_numpy(ints.combine_chunks().slice(1, 3)).tolist() == [-1, 3, 4]  # an offset into the buffers
+    floats = pa.array([1.5, None, -2.0], pa.float32())
+    got = to_numpy(floats)
+    assert got.dtype == np.float32 and np.isnan(got[1]) and got[[0, 2]].tolist() == [1.5, -2.0]
+    flags = pa.array([True, None, False, True, True, False, True, False, True, True])
+    assert to_numpy(flags.slice(3)).tolist() == [True, True, False, True, False, True, True]  # a bit offset
+    assert to_numpy(flags).tolist() == [True, False, False, True, True, False, True, False, True, True]
+    assert to_numpy(pa.array([200, None], pa.uint8())).tolist() == [200, -1]
+    assert to_numpy(pa.array([], pa.int64())).tolist() == []
+    writable = to_numpy(pa.array([1, 2]))
+    writable[0] = 7  # a copy: the caller may change it
+    texts = arrow_array(["b", "é", ""])
+    assert texts.type == pa.string() and texts.to_pylist() == ["b", "é", ""]
+    assert to_numpy(pc.index_in(pa.array(["é", "x", None]), value_set=texts)).tolist() == [1, -1, -1]
+    assert pa.array(["p", "q", "r"]).take(arrow_array(np.array([2, 0]))).to_pylist() == ["r", "p"]
+
+
+def test_a_table_run_does_not_import_pandas(tmp_path):
+    """pyarrow's own numpy conversions import pandas (half a second) without using it."""
+    import subprocess
+    import sys
+
+    from helpers_tables import COLORS
+
+    columns = rule_columns(300)
+    columns["color"] = [None if i % 7 == 0 else c for i, c in enumerate(columns["color"])]
+    write_csv(tmp_path / "t.csv", columns)
+    assert set(columns["color"]) > set(COLORS)
+    code = (
+        "import sys\n"
+        "from trainkit.builtin.table import table\n"
+        f"table(seed=0, path={str(tmp_path / 't.csv')!r}, target='label', missing='mean')\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

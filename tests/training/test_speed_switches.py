@@ -89,3 +89,28 @@ def test_compile_trains_and_saves_plain_state_dicts(tmp_path, monkeypatch):
     assert metrics["loss"] == pytest.approx(result["final"]["val_loss"], rel=1e-4)
     assert abs(metrics["accuracy"] - result["final"]["val_accuracy"]) <= 1 / 40  # one argmax tie at most
     assert plain["final"]["val_loss"] == pytest.approx(result["final"]["val_loss"], rel=1e-3)
+
+
+def test_nets_skip_layers_that_do_nothing_but_keep_their_keys():
+    """MLP and cnn leave Flatten and Dropout(0) uncalled (module calls cost CPU time), with the
+    same state_dict keys and outputs as the plain Sequential; a real dropout still drops."""
+    from trainkit.builtin.nets import MLP, ClassicCNN
+
+    torch.manual_seed(0)
+    mlp = MLP(12, 3, [8, 4])
+    assert [k for k in mlp.state_dict()] == ["layers.1.weight", "layers.1.bias", "layers.4.weight",
+                                              "layers.4.bias", "layers.7.weight", "layers.7.bias"]  # fmt: skip
+    x = torch.randn(5, 3, 4)
+    assert torch.equal(mlp(x), mlp.layers(x))
+    calls = []
+    for layer in mlp.layers:
+        layer.register_forward_hook(lambda m, i, o: calls.append(type(m).__name__))
+    mlp(x)
+    assert calls == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    dropped = MLP(12, 3, [8], dropout=0.5).train()
+    assert not torch.equal(dropped(x), dropped.eval()(x))
+    cnn = ClassicCNN(1, 8, 8, 3, (2, 4), 6, dropout=0.5).train()
+    image = torch.randn(2, 1, 8, 8)
+    assert not torch.equal(cnn(image), cnn.eval()(image))
+    cnn.dropout.p = 0.0
+    assert torch.equal(cnn.train()(image), cnn.eval()(image))

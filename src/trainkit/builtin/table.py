@@ -208,8 +208,10 @@ def _class_codes(raw: Any, columns: Any) -> Any:
     """An integer per row naming its class (for stratifying the split); -1 where missing."""
     import pyarrow.compute as pc
 
+    from trainkit.builtin.table_read import to_numpy
+
     codes = pc.dictionary_encode(raw.texts(columns.target)).indices
-    return codes.fill_null(-1).to_numpy(zero_copy_only=False)
+    return to_numpy(codes)
 
 
 def check_unchanged(record: dict[str, Any], files: list[Any]) -> None:

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from trainkit.builtin.table_read import TableFile, listing
+from trainkit.builtin.table_read import TableFile, arrow_array, listing, to_numpy
 from trainkit.errors import ConfigError, DataContentError
 from trainkit.registry import did_you_mean
 
@@ -90,7 +90,7 @@ def _mostly_numbers(file: TableFile, name: str, decimal: str) -> str | None:
             f"{file.name}: column '{name}' holds numbers in a form the CSV reader does not take "
             f"({values[0]!r}); write them plainly, or list '{name}' in data.categorical"
         )
-    bad_rows = np.flatnonzero(pc.is_in(column, value_set=_array(sorted(bad))).to_numpy(zero_copy_only=False))
+    bad_rows = np.flatnonzero(to_numpy(pc.is_in(column, value_set=arrow_array(sorted(bad)))))
     present = len(column) - column.null_count
     if len(bad_rows) > 0.1 * present:
         return None  # a real mix of codes and numbers (sizes S, M, L, 10): text
@@ -101,12 +101,6 @@ def _mostly_numbers(file: TableFile, name: str, decimal: str) -> str | None:
         f"row{'s' if len(bad_rows) != 1 else ''} ({shown}{more}); fix those values (or leave them empty "
         f"for data.missing), or list '{name}' in data.categorical to use it as categories"
     )
-
-
-def _array(values: list[str]) -> Any:
-    import pyarrow as pa
-
-    return pa.array(values, type=pa.string())
 
 
 def infer_task(file: TableFile, target: str) -> str:

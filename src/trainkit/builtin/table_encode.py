@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainkit.builtin.table_columns import Columns
-from trainkit.builtin.table_read import TableFile, listing
+from trainkit.builtin.table_read import TableFile, arrow_array, listing, to_numpy
 from trainkit.errors import DataContentError
 
 log = logging.getLogger("trainkit")
@@ -80,15 +80,13 @@ class Raw:
 
     def numbers(self, name: str) -> Any:
         if name not in self._numbers:
-            import numpy as np
             import pyarrow as pa
             import pyarrow.compute as pc
 
             column = self.file.table.column(name)
             if pa.types.is_dictionary(column.type):
                 column = column.cast(column.type.value_type)
-            values = pc.cast(column, pa.float64()).to_numpy()  # bool -> 0/1; null -> NaN
-            self._numbers[name] = np.ascontiguousarray(values, dtype=np.float64)
+            self._numbers[name] = to_numpy(pc.cast(column, pa.float64()))  # bool -> 0/1; null -> NaN
         return self._numbers[name]
 
     def texts(self, name: str) -> Any:
@@ -105,7 +103,7 @@ class Raw:
         import numpy as np
 
         if categorical:
-            return self.texts(name).is_null().to_numpy(zero_copy_only=False)
+            return to_numpy(self.texts(name).is_null())
         return np.isnan(self.numbers(name))
 
 
@@ -174,7 +172,7 @@ def make_plan(raw: Raw, columns: Columns, rows: Any, max_categories: int) -> Pla
     file, categories, frequencies, mean, std = raw.file, {}, {}, {}, {}
     for name in columns.features:
         if name in columns.categorical:
-            values = raw.texts(name).take(rows).drop_null()
+            values = raw.texts(name).take(arrow_array(rows)).drop_null()
             counts = pc.value_counts(values)
             order = pc.sort_indices(counts.field("values"))
             vocabulary = counts.field("values").take(order).to_pylist()
@@ -187,7 +185,7 @@ def make_plan(raw: Raw, columns: Columns, rows: Any, max_categories: int) -> Pla
             if not vocabulary:
                 raise DataContentError(f"{file.name}: column '{name}' is empty in every training row")
             categories[name] = vocabulary
-            shares = counts.field("counts").take(order).to_numpy() / len(values)
+            shares = to_numpy(counts.field("counts").take(order)) / len(values)
             frequencies[name] = [float(s) for s in shares]
         else:
             x = raw.numbers(name)[rows]
@@ -200,7 +198,7 @@ def make_plan(raw: Raw, columns: Columns, rows: Any, max_categories: int) -> Pla
         column = file.table.column(columns.target)
         if pa.types.is_dictionary(column.type):
             column = column.cast(column.type.value_type)
-        unique = pc.unique(column.take(rows).drop_null())
+        unique = pc.unique(column.take(arrow_array(rows)).drop_null())
         plan.classes = unique.take(pc.sort_indices(unique)).cast("string").to_pylist()
         if len(plan.classes) < 2:
             raise DataContentError(
@@ -250,7 +248,6 @@ def encode(raw: Raw, rows: Any, plan: Plan, what: str) -> tuple[Any, Any]:
     """The rows' inputs (float32, rows x inputs) and targets (int64 class indices, or float32
     standardised values of shape (rows, 1)). `what` names the rows in messages."""
     import numpy as np
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     file = raw.file
@@ -259,16 +256,16 @@ def encode(raw: Raw, rows: Any, plan: Plan, what: str) -> tuple[Any, Any]:
     for name in plan.features:
         if name in plan.categories:
             vocabulary = plan.categories[name]
-            texts = raw.texts(name).take(rows)
-            codes = pc.index_in(texts, value_set=pa.array(vocabulary, pa.string())).fill_null(-1).to_numpy()
+            texts = raw.texts(name).take(arrow_array(rows))
+            codes = to_numpy(pc.index_in(texts, value_set=arrow_array(vocabulary)))
             block = np.zeros((len(rows), len(vocabulary)), dtype=np.float32)
             known = codes >= 0
             block[np.flatnonzero(known), codes[known]] = 1.0
-            empty = texts.is_null().to_numpy(zero_copy_only=False)
+            empty = to_numpy(texts.is_null())
             block[empty] = np.asarray(plan.frequencies[name], dtype=np.float32)
             unknown = np.flatnonzero(~known & ~empty)
             if len(unknown):
-                seen = sorted(pc.unique(texts.take(pa.array(unknown))).to_pylist())
+                seen = sorted(pc.unique(texts.take(arrow_array(unknown))).to_pylist())
                 log.warning(
                     "%s: column '%s' has categories the training rows lack in %d of the %s (%s): "
                     "encoded as none of the known categories (all zeros)",
@@ -303,16 +300,15 @@ def _check_range(file: TableFile, name: str, rows: Any, z: Any, x: Any) -> None:
 
 def _targets(raw: Raw, rows: Any, plan: Plan, what: str) -> Any:
     import numpy as np
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     file = raw.file
     if plan.classes is not None:
-        texts = raw.texts(plan.target).take(rows)
-        codes = pc.index_in(texts, value_set=pa.array(plan.classes, pa.string())).fill_null(-1).to_numpy()
+        texts = raw.texts(plan.target).take(arrow_array(rows))
+        codes = to_numpy(pc.index_in(texts, value_set=arrow_array(plan.classes)))
         unseen = np.flatnonzero(codes < 0)
         if len(unseen):
-            values = sorted(pc.unique(texts.take(pa.array(unseen))).to_pylist())
+            values = sorted(pc.unique(texts.take(arrow_array(unseen))).to_pylist())
             raise DataContentError(
                 f"{file.name}: target '{plan.target}' has classes the training rows lack in the {what} "
                 f"({listing([repr(v) for v in values])} in {file.rows(rows[unseen])}); "

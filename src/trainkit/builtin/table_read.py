@@ -61,6 +61,63 @@ class TableFile:
         return f"{word} {listing(numbers, len(indices))}"
 
 
+# pyarrow <-> numpy without pandas. pyarrow's to_numpy() and pa.array() first ask whether
+# their argument is a pandas object, which imports pandas: half a second of every table run
+# (7% of the benchmark's) for a library the run never uses. Fixed-width columns come over
+# through their buffers instead, and arrays are built from buffers.
+
+
+def _bits(buffer: Any, offset: int, n: int) -> Any:
+    import numpy as np
+
+    packed = np.frombuffer(buffer, np.uint8) if buffer is not None else np.zeros(0, np.uint8)
+    return np.unpackbits(packed, count=offset + n, bitorder="little")[offset:].astype(bool)
+
+
+def to_numpy(array: Any, fill: float | int | bool | None = None) -> Any:
+    """A boolean, integer or floating pyarrow array (or chunked array) as a writable numpy
+    array; null entries become `fill` (default: False, -1 or NaN)."""
+    import numpy as np
+    import pyarrow as pa
+
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    kind, n, offset = array.type, len(array), array.offset
+    validity, data = array.buffers()[:2]
+    if pa.types.is_boolean(kind):
+        values, default = _bits(data, offset, n), False
+    elif pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        code = "f" if pa.types.is_floating(kind) else "i" if pa.types.is_signed_integer(kind) else "u"
+        dtype = np.dtype(f"{code}{kind.bit_width // 8}")
+        values = np.frombuffer(data, dtype, count=offset + n)[offset:].copy() if n else np.zeros(0, dtype)
+        default = np.nan if code == "f" else -1
+    else:
+        raise TypeError(f"to_numpy: {kind} is not a boolean or numeric array")
+    if array.null_count:
+        missing = ~_bits(validity, offset, n)
+        if values.dtype.kind == "u":  # room for the -1
+            values = values.astype(np.int64)
+        values[missing] = default if fill is None else fill
+    return values
+
+
+def arrow_array(values: Any) -> Any:
+    """A pyarrow array of strings (from a list of str) or of int64 (from integers)."""
+    import numpy as np
+    import pyarrow as pa
+
+    if isinstance(values, list) and all(isinstance(v, str) for v in values):
+        encoded = [v.encode("utf8") for v in values]
+        offsets = np.zeros(len(encoded) + 1, np.int64)
+        np.cumsum([len(e) for e in encoded], out=offsets[1:])
+        data = pa.py_buffer(b"".join(encoded))
+        return pa.Array.from_buffers(pa.large_string(), len(encoded), [None, pa.py_buffer(offsets), data]).cast(
+            pa.string()
+        )
+    numbers = np.ascontiguousarray(values, dtype=np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(numbers), [None, pa.py_buffer(numbers)])
+
+
 def fingerprint(path: Path) -> dict[str, Any]:
     """Size and SHA-256 of the bytes: a copy of the same file matches, any edit does not."""
     digest = hashlib.sha256()
