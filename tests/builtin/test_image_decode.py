@@ -83,3 +83,61 @@ def test_resizing_and_channel_conversion(tmp_path):
     assert grey.shape == (1, 10, 10) and grey.dtype == torch.uint8
     small = decode_file(path, 3, (4, 6))
     assert small.shape == (3, 4, 6) and small.dtype == torch.uint8
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("suffix", ["png", "jpg", "gif", "webp"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_library_ops_decode_as_torchvision_io_does(tmp_path, suffix, channels):
+    """decode_file calls torchvision's decoder op straight from its library; what comes out is
+    what torchvision.io.decode_image (and its grey conversion) gives."""
+    import warnings
+
+    import torchvision.io as tio
+    from torchvision.transforms.v2.functional import rgb_to_grayscale
+
+    path = save(class_images(1, 1, size=12, channels=3)[0], tmp_path / f"x.{suffix}")
+    encoded = tio.read_file(str(path))
+    native = suffix in ("png", "jpg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        mode = tio.ImageReadMode.GRAY if channels == 1 and native else tio.ImageReadMode.RGB
+        expected = tio.decode_image(encoded, mode=mode, apply_exif_orientation=True)
+    if expected.shape[0] == 4:
+        expected = expected[:3]
+    if channels == 1 and not native:
+        expected = rgb_to_grayscale(expected)
+    assert torch.equal(decode_file(path, channels), expected)
+
+
+def test_decoding_without_the_library_file_imports_torchvision(tmp_path, monkeypatch):
+    """An install whose image library is not where or what we look for: torchvision.io loads it."""
+    from trainkit.builtin import image_decode
+
+    path = save(class_images(1, 0, size=8, channels=3)[0], tmp_path / "x.png")
+    expected = decode_file(path, 3)
+    monkeypatch.setattr(image_decode, "_LIBRARIES", ("no_such_library",))
+    monkeypatch.setattr(image_decode, "_ops_loaded", False)
+    assert not image_decode._load_image_library()
+    assert torch.equal(decode_file(path, 3), expected) and image_decode._ops_loaded
+
+
+def test_a_folder_at_its_own_size_is_cached_without_importing_torchvision(tmp_path):
+    """torchvision's import (half a second beyond torch._dynamo) is for resizing and colour
+    conversion only; a folder of same-size PNGs is decoded and cached without it."""
+    import subprocess
+    import sys
+
+    from helpers_images import write_folder
+
+    root = write_folder(tmp_path / "images", train=6, test=2, size=10)
+    code = (
+        "import sys\n"
+        "from trainkit.builtin.image_build import build_image_folder\n"
+        f"b = build_image_folder({str(root)!r}, 0, None, 0, None, None, None, None, None, 'error', 'auto', "
+        f"{str(tmp_path / 'cache')!r})\n"
+        "print(len(b.train), len(b.test), 'torchvision' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["18", "6", "False"], done.stdout + done.stderr
+    assert list((tmp_path / "cache" / "image_folder").glob("pixels-*/pixels.npy"))

@@ -54,6 +54,7 @@ class Plan:
     left_out: list[tuple[str, str]]  # (relative path, why), every file not used
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    as_decoded: bool = False  # every used image decodes at the run's size and channels (known on fresh runs)
 
 
 def _bad_files_error(root: Path, bad: list[tuple[str, str]]) -> BadDataFileError:
@@ -182,7 +183,16 @@ def _new_plan(
         use = _stratified(scan.labels, ok, len(scan.classes), test_fraction, seed)
     plan = Plan(use, scan.labels, scan.classes, channels, size, bad)
     _check_classes(scan, plan)
+    used = plan.use != EXCLUDED
+    same_size = bool((probes.height[used] == size[0]).all() and (probes.width[used] == size[1]).all())
+    # GIF and WebP decode as colour only: grey runs convert them
+    plan.as_decoded = same_size and not (channels == 1 and _gif_or_webp(scan.table))
     return plan
+
+
+def _gif_or_webp(table: FileTable) -> bool:
+    names = table.blob.tobytes().lower()
+    return b".gif" in names or b".webp" in names
 
 
 def _plan_from_record(scan: FolderScan, record: dict[str, Any]) -> Plan:
@@ -218,7 +228,7 @@ class _DecodeRows:
         out: list[tuple[int, np.ndarray | str]] = []
         for i in rows.tolist():
             try:
-                out.append((i, decode_file(self.root / self.table.path(i), self.channels, self.size).numpy()))
+                out.append((i, decode_file(self.table.file(self.root, i), self.channels, self.size).numpy()))
             except ImageFileError as exc:
                 out.append((i, exc.reason))
         return out
@@ -288,7 +298,9 @@ def build_image_folder(
     shape = (plan.channels, *plan.size)
     pixels = None
     if folder is not None:
-        pixels = cached_pixels(scan.root, scan.table, plan.channels, plan.size, folder, num_workers)
+        pixels = cached_pixels(
+            scan.root, scan.table, plan.channels, plan.size, folder, num_workers, transforms=not plan.as_decoded
+        )
     sample = _stats_sample(plan, seed) if fresh and (mean is None or std is None) else None
     if pixels is not None:
         # resumed: a used file that no longer decodes (same size and time, other bytes) is an error
@@ -298,7 +310,7 @@ def build_image_folder(
             plan.mean, plan.std = _mean_std([mapped[i] for i in sample if i not in pixels.failed], plan.channels)
             del mapped
     else:
-        load_decoders()  # files are decoded from here on: imported once here, not in each worker
+        load_decoders(transforms=not plan.as_decoded)  # files are decoded from here on: once here, not per worker
         if sample is not None:
             chunks = [sample[i : i + 128] for i in range(0, len(sample), 128)]
             reader = _DecodeRows(scan.root, scan.table, plan.channels, plan.size)

@@ -97,7 +97,7 @@ class _ProbeChunk:
         out = []
         for i in rows.tolist():
             try:
-                probe = probe_file(self.root / self.table.path(i))
+                probe = probe_file(self.table.file(self.root, i))
                 out.append((probe.height, probe.width, probe.grey, ""))
             except ImageFileError as exc:
                 out.append((0, 0, False, exc.reason))
@@ -205,7 +205,7 @@ class _DecodeChunk:
         failed = []
         for i in rows.tolist():
             try:
-                image = decode_file(self.root / self.table.path(i), self.channels, self.size)
+                image = decode_file(self.table.file(self.root, i), self.channels, self.size)
                 pixels[i] = image.numpy()
             except ImageFileError as exc:
                 failed.append((i, exc.reason))
@@ -236,11 +236,18 @@ def _open_existing(final: Path, shape: tuple[int, ...]) -> PixelCache | None:
 
 
 def cached_pixels(
-    root: Path, table: FileTable, channels: int, size: tuple[int, int], folder: Path, num_workers: int
+    root: Path,
+    table: FileTable,
+    channels: int,
+    size: tuple[int, int],
+    folder: Path,
+    num_workers: int,
+    transforms: bool = True,
 ) -> PixelCache | None:
     """Every file of the index decoded (a row of zeros where it failed, and why), from the
     cache or decoded now into it; None when the cache folder cannot hold them (then the
-    files are decoded per batch). What a cache holds depends on its key alone."""
+    files are decoded per batch). What a cache holds depends on its key alone.
+    `transforms`: some images need resizing or a colour conversion (see load_decoders)."""
     key = pixels_key(root, table, channels, size)
     final = folder / f"pixels-{key}"
     try:
@@ -263,7 +270,7 @@ def cached_pixels(
                     folder,
                 )
                 return None
-            return _build(root, table, channels, size, folder, final, key, num_workers)
+            return _build(root, table, channels, size, folder, final, key, num_workers, transforms)
     except OSError as exc:
         log.warning(
             "image_folder: cannot use the cache folder %s (%s); decoding without a cache",
@@ -282,8 +289,9 @@ def _build(
     final: Path,
     key: str,
     num_workers: int,
+    transforms: bool,
 ) -> PixelCache:
-    load_decoders()  # before the workers fork
+    load_decoders(transforms)  # before the workers fork
     temp = folder / f"pixels-{key}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     temp.mkdir()
     try:

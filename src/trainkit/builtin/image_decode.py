@@ -16,14 +16,20 @@ Alpha is dropped (not composited). Other sizes are resized whole (bilinear, anti
 `probe_file` reads only a file's header to learn its size and whether it is grey, without
 decoding the pixels: PNG and JPEG headers directly (image_header.py), others through PIL's
 lazy open (torchvision has no header-only call).
-torchvision marks its image decoders deprecated in 0.29 in favour of TorchCodec, which is
-not a dependency here; the DeprecationWarning is silenced around our calls only.
+The decoders are called as the torch ops they are (`torch.ops.image.decode_image`, what
+torchvision.io.decode_image calls after its checks), with torchvision's image library loaded
+on its own: milliseconds, where `import torchvision` takes half a second more than the
+torch._dynamo it also imports (its models, ops and datasets). torchvision itself is imported
+only to resize or to convert colour to grey, or where the library is not found by its name.
 """
 
 from __future__ import annotations
 
 import errno
+import importlib.machinery
+import importlib.util
 import io
+import os
 import re
 import struct
 import warnings
@@ -150,13 +156,56 @@ def _decoder_reason(kind: str, exc: Exception) -> str:
     return f"truncated or corrupt {kind} data ({text.rstrip('.')})"
 
 
-def load_decoders() -> None:
-    """Import torchvision's decoders here, once, before loader workers are forked: each worker
-    would otherwise import torchvision itself (seconds each). Not at module level: a run whose
-    images are all in the cache never needs them, and skips the import."""
-    import torchvision.io  # noqa: F401
-    import torchvision.transforms.v2.functional  # noqa: F401
+# ImageReadMode's values, which the ops take
+_GRAY, _RGB = 1, 3
+_LIBRARIES = ("image_stable", "image")  # torchvision's image library: 0.29's name, then older ones'
+_ops_loaded = False
+
+
+def _image_ops() -> object:
+    """torch.ops.image with torchvision's decoders registered (loaded once per process)."""
+    global _ops_loaded
+    if not _ops_loaded:
+        _ops_loaded = _load_image_library()
+        if not _ops_loaded:  # an unusual install: torchvision registers them as it always does
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # 0.29's, in favour of TorchCodec
+                import torchvision.io  # noqa: F401
+
+            _ops_loaded = True
+    return torch.ops.image
+
+
+def _load_image_library() -> bool:
+    spec = importlib.util.find_spec("torchvision")
+    if os.name == "nt" or spec is None or not spec.submodule_search_locations:
+        return False  # Windows: torchvision sets up its DLL folder first
+    finder = importlib.machinery.FileFinder(
+        spec.submodule_search_locations[0],
+        (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES),
+    )
+    for name in _LIBRARIES:
+        found = finder.find_spec(name)
+        if found is not None and found.origin:
+            try:
+                torch.ops.load_library(found.origin)
+            except OSError:
+                continue
+            if hasattr(torch.ops.image, "decode_image"):
+                return True
+    return False
+
+
+def load_decoders(transforms: bool = True) -> None:
+    """Load the decoders here, once, before loader workers are forked (each would otherwise
+    load them itself). `transforms`: also torchvision's resize and colour conversion, for
+    folders whose images are not all at the run's size and channels (half a second: not for
+    those that are, nor at module level: a run whose images are all cached needs nothing)."""
+    _image_ops()
     from PIL import Image  # noqa: F401
+
+    if transforms:
+        import torchvision.transforms.v2.functional  # noqa: F401
 
 
 def decode_bytes(data: bytes, path: str | Path, channels: int, size: tuple[int, int] | None) -> torch.Tensor:
@@ -180,15 +229,11 @@ def decode_file(path: str | Path, channels: int, size: tuple[int, int] | None = 
 
 
 def _torchvision_decode(data: bytes, path: str | Path, kind: str, channels: int) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image
-
     encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     # GIF and WebP decoders ignore GRAY (they return RGB/RGBA): ask for RGB, convert below
-    mode = ImageReadMode.GRAY if channels == 1 and kind in ("JPEG", "PNG") else ImageReadMode.RGB
+    mode = _GRAY if channels == 1 and kind in ("JPEG", "PNG") else _RGB
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            image = decode_image(encoded, mode=mode, apply_exif_orientation=True)
+        image = _image_ops().decode_image(encoded, mode, True)  # type: ignore[attr-defined]
     except RuntimeError as exc:
         raise ImageFileError(path, _decoder_reason(kind, exc)) from None
     if image.dim() == 4:  # an animated GIF: its first frame

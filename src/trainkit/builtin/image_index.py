@@ -58,6 +58,10 @@ class FileTable:
     def path(self, i: int) -> str:
         return os.fsdecode(self.blob[self.offsets[i] : self.offsets[i + 1]].tobytes())
 
+    def file(self, root: Path, i: int) -> str:
+        """The i-th file's full path (os.path rather than pathlib: ~10 us less per file read)."""
+        return os.path.join(root, self.path(i))
+
     def paths(self) -> list[str]:
         raw, offsets = self.blob.tobytes(), self.offsets.tolist()
         return [os.fsdecode(raw[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]

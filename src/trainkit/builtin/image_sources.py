@@ -80,7 +80,7 @@ class ImageFiles(torch.utils.data.Dataset):
         return len(self.rows)
 
     def _decode(self, i: int) -> torch.Tensor:
-        return decode_file(self.root / self.table.path(int(self.rows[i])), self.shape[0], self.shape[1:])
+        return decode_file(self.table.file(self.root, int(self.rows[i])), self.shape[0], self.shape[1:])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         try:
