@@ -262,12 +262,13 @@ def timed(command: list[str], env: dict[str, str], watch: Path | None = None) ->
         time.sleep(0.01)
     wall = time.perf_counter() - start
     peak = max(peak, usage.ru_maxrss * 1024)  # KiB on Linux
+    cpu = usage.ru_utime + usage.ru_stime  # the process's own; its loader workers' are not in it
     if watch is not None and first is None and watch.exists() and watch.read_text().strip():
         first = wall  # written just before the process ended, between two looks
     output = process.stdout.read() if process.stdout else ""
     if process.returncode != 0:
         sys.exit(f"error: {' '.join(command[:4])} ... exited {process.returncode}:\n{output[-2000:]}")
-    return {"wall": wall, "peak": peak, "output": output, "first_step": first}
+    return {"wall": wall, "peak": peak, "output": output, "first_step": first, "cpu": cpu}
 
 
 def trainkit_run(args, config: Path, out: Path, *overrides: str) -> list[str]:
@@ -373,22 +374,30 @@ def main() -> None:
 
 
 def report(args: argparse.Namespace, results: dict[str, list[dict]], warm_cache: Path) -> None:
+    """Ratios are taken within each round (contenders that ran minutes apart, on a shared
+    machine whose speed drifts by a third over a run of this script), then their median."""
     walls = {name: median([r["wall"] for r in runs]) for name, runs in results.items()}
-    best_hand = min(walls[n] for n in walls if n.startswith("hand-written"))
-    hand_peak = min(median([r["peak"] for r in results[n]]) for n in results if n.startswith("hand-written"))
+    hands = [n for n in results if n.startswith("hand-written")]
+    best = [min(results[n][r]["wall"] for n in hands) for r in range(args.rounds)]  # each round's best
+
+    def ratio(name: str) -> float:
+        return median([run["wall"] / b for run, b in zip(results[name], best, strict=True)])
+
+    hand_peak = min(median([r["peak"] for r in results[n]]) for n in hands)
     cache_bytes = sum(p.stat().st_size for p in warm_cache.rglob("pixels.npy"))
     rows = []
     for name, runs in results.items():
         acc = [r["accuracy"] for r in runs if r["accuracy"] is not None]
-        rows.append(
-            [name, walls[name], walls[name] / best_hand, median([r["peak"] for r in runs]) / 2**20,
-             median(acc) if acc else None, " ".join(f"{r['wall']:.1f}" for r in runs)]
-        )  # fmt: skip
+        cpu, peak = median([r["cpu"] for r in runs]), median([r["peak"] for r in runs]) / 2**20
+        rounds = " ".join(f"{r['wall']:.1f}" for r in runs)
+        rows.append([name, walls[name], ratio(name), cpu, peak, median(acc) if acc else None, rounds])
     print(
         f"\n{args.train} training + {args.test} test {args.format.upper()} files, {args.rounds} rounds, {args.device}"
     )
-    print_table(["contender", "median s", "/ best hand", "peak MiB", "accuracy", "rounds s"], rows)
-    cold, warm = walls["trainkit cold"] / best_hand, walls["trainkit warm"] / best_hand
+    headers = ["contender", "median s", "/ round's best hand", "CPU s", "peak MiB", "accuracy", "rounds s"]
+    print_table(headers, rows)
+    print("(CPU s: the main process's user + system time, which a busy neighbour on the host does not stretch)")
+    cold, warm = ratio("trainkit cold"), ratio("trainkit warm")
     peaks = {name: median([r["peak"] for r in runs]) for name, runs in results.items()}
     limit = hand_peak + cache_bytes
     same_malloc = peaks["trainkit warm, host_memory=default"]
