@@ -664,10 +664,12 @@ def sweep(
     _call(body, quiet)
 
 
-@app.command(cls=_Command, short_help="Classify image files with a trained checkpoint.")
+@app.command(cls=_Command, short_help="Predict with a trained checkpoint: image files, or a table's rows.")
 def predict(
     args: list[str] = typer.Argument(
-        ..., metavar="[PATH] IMAGE...", help="Checkpoint (unless --ckpt gives it), then PNG/JPEG files."
+        ...,
+        metavar="[PATH] IMAGE...",
+        help="Checkpoint (unless --ckpt gives it), then PNG/JPEG files (CSV/Parquet: a model trained on a table).",
     ),
     ckpt: str | None = CKPT,
     top_k: int = typer.Option(3, "--top-k", "-k", min=1, metavar="K", help="How many classes to show per image."),
@@ -685,7 +687,9 @@ def predict(
     """Classify images with a trained checkpoint: top-k class names with probabilities.
 
     Each image is converted to the data set's channels and size (resized whole) and
-    normalised exactly as the training images were.
+    normalised exactly as the training images were. For a model trained on a table, give
+    CSV or Parquet files: every row gets its top-k classes (or, for a regression, its value
+    in the target's units), its columns encoded exactly as the training rows were.
     """
 
     def body() -> None:

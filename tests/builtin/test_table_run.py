@@ -219,3 +219,90 @@ def test_an_exported_classifier_takes_the_raw_rows(tmp_path, cli):
     encoded = table(seed=0, path=str(path), target="label", record=record).test.inputs
     assert torch.allclose(exported, model(encoded), atol=1e-5)
     assert info.features == ["x0", "x1", "x2", "x3"] + [f"color={c}" for c in COLORS]
+
+
+@pytest.fixture(scope="module")
+def label_run(tmp_path_factory):
+    """A classifier of rule_columns' label, trained with data.missing: mean."""
+    base = tmp_path_factory.mktemp("predict_rows")
+    path = write_csv(base / "train.csv", without(rule_columns(800), "price"))
+    config = table_config(base, path, "label", missing="mean")
+    config["trainer"]["epochs"] = 8
+    return trainkit.train(config, quiet=True), path
+
+
+def test_predict_gives_every_row_of_a_new_file_its_classes(label_run, tmp_path, cli):
+    """New rows (no label, columns in another order, one extra column) are encoded as the
+    training rows were: the rule is predicted, and a row equals what eval's model sees."""
+    import numpy as np
+
+    from trainkit.builtin.table import table
+    from trainkit.training.restore import load_trained_model
+
+    result, train_path = label_run
+    fresh = rule_columns(200, seed=7)
+    labels = fresh.pop("label")
+    reordered = {"note": ["x"] * 200, **{k: fresh[k] for k in reversed(list(fresh)) if k != "price"}}
+    reordered["x1"][3] = None  # a missing number: filled with the training mean (data.missing: mean)
+    path = write_csv(tmp_path / "new.csv", reordered)
+    code, out, err = cli("predict", result["run_dir"], path, "--json", "-k", "1")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["row"] for r in rows] == list(range(2, 202)) and {r["file"] for r in rows} == {str(path)}
+    guessed = [r["predictions"][0]["class"] for r in rows]
+    assert np.mean([g == t for g, t in zip(guessed, labels, strict=True)]) >= 0.93
+
+    # the training file's own test rows: predict's probabilities are the model's on eval's inputs
+    code, out, _ = cli("predict", result["best_checkpoint"], train_path, "--json", "-k", "2")
+    assert code == 0
+    record = load_ckpt(result["best_checkpoint"])["data_record"]
+    test_rows = record["test_rows"].numpy()
+    model, _, _, _ = load_trained_model(result["best_checkpoint"])
+    encoded = table(seed=0, path=str(train_path), target="label", record=record, missing="mean").test.inputs
+    with torch.no_grad():
+        expected = torch.softmax(model(encoded), dim=1)
+    got = [json.loads(out)[i]["predictions"] for i in test_rows]
+    for row, probabilities in zip(got, expected, strict=True):
+        by_class = dict(zip(["neg", "pos"], probabilities.tolist(), strict=True))
+        assert {p["class"]: p["probability"] for p in row} == pytest.approx(by_class)
+    code, out, _ = cli("predict", result["run_dir"], path)
+    assert out.splitlines()[0].startswith(f"{path} row 2: ") and len(out.splitlines()) == 200
+
+
+def test_predicted_regression_values_are_in_the_targets_units(tmp_path, cli):
+    path = write_csv(tmp_path / "train.csv", without(rule_columns(400), "label"))
+    config = table_config(tmp_path, path, "price", name="line")
+    config["model"] = {"name": "linear_regression"}
+    config["optimizer"] = {"name": "sgd", "lr": 0.1}
+    config["trainer"]["epochs"] = 25
+    result = trainkit.train(config, quiet=True)
+    fresh = without(rule_columns(50, seed=3), "label")
+    code, out, err = cli("predict", result["best_checkpoint"], write_csv(tmp_path / "new.csv", fresh), "--json")
+    assert code == 0, err
+    assert [r["prediction"] for r in json.loads(out)] == pytest.approx(fresh["price"], abs=0.02)
+
+
+def test_rows_predict_cannot_encode_get_one_line(label_run, tmp_path, cli):
+    result, _ = label_run
+    columns = without(rule_columns(20, seed=2), "label", "price")
+    cases = [
+        ({k: v for k, v in columns.items() if k != "x2"} | {"x_2": columns["x2"]}, "lacks the column 'x2'"),
+        ({**columns, "x0": ["1.5x" if i == 4 else v for i, v in enumerate(columns["x0"])]}, "holds numbers except in"),
+        ({**columns, "x1": ["low"] * 20}, "column 'x1' holds text; the model takes numbers"),
+        ({**columns, "x3": [float("inf")] + columns["x3"][1:]}, "column 'x3' is infinite"),
+    ]
+    for i, (content, message) in enumerate(cases):
+        code, out, err = cli("predict", result["run_dir"], write_csv(tmp_path / f"bad{i}.csv", content))
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (message, err)
+    assert "did you mean 'x_2'" in cli("predict", result["run_dir"], tmp_path / "bad0.csv")[2]
+
+
+def test_predict_without_the_runs_fill_for_missing_values_names_the_rows(tmp_path, cli):
+    path = write_csv(tmp_path / "train.csv", without(rule_columns(200), "price"))
+    run = trainkit.train(table_config(tmp_path, path, "label"), quiet=True)["run_dir"]  # data.missing: error
+    columns = without(rule_columns(10, seed=4), "label", "price")
+    columns["color"][5] = None
+    code, _, err = cli("predict", run, write_csv(tmp_path / "gaps.csv", columns))
+    assert code == 2
+    gaps = tmp_path / "gaps.csv"
+    assert f"{gaps}: values are missing in row 7; the model was trained with data.missing: error" in err

@@ -67,7 +67,7 @@ def _not_a_number(text: str, decimal: str) -> bool:
         return True
 
 
-def _mostly_numbers(file: TableFile, name: str, decimal: str) -> str | None:
+def mostly_numbers(file: TableFile, name: str, decimal: str) -> str | None:
     """A message if a text column is numbers but for a few values (a typo reads the whole
     column as text); None if it is genuinely text. Looks at the distinct values only."""
     import numpy as np
@@ -160,7 +160,7 @@ def choose_columns(
         if name in chosen or kind in ("number", "empty"):
             continue
         if kind == "text":
-            typo = _mostly_numbers(file, name, decimal)
+            typo = mostly_numbers(file, name, decimal)
             if typo:
                 raise DataContentError(typo)
             if categorical is None:
@@ -194,7 +194,7 @@ def check_same_columns(train: TableFile, test: TableFile, columns: Columns, deci
     for name in numeric + ([columns.target] if columns.task == "regression" else []):
         train_kind, test_kind = kind_of(train.table.column(name).type), kind_of(test.table.column(name).type)
         if "number" in (train_kind, test_kind) and "empty" not in (train_kind, test_kind) and train_kind != test_kind:
-            typo = _mostly_numbers(test, name, decimal) if test_kind == "text" else None
+            typo = mostly_numbers(test, name, decimal) if test_kind == "text" else None
             raise DataContentError(
                 typo or f"{test.name}: column '{name}' holds {test_kind}, but {train_kind} in {train.name}"
             )

@@ -247,6 +247,12 @@ def check_finite(raw: Raw, columns: Columns) -> None:
 def encode(raw: Raw, rows: Any, plan: Plan, what: str) -> tuple[Any, Any]:
     """The rows' inputs (float32, rows x inputs) and targets (int64 class indices, or float32
     standardised values of shape (rows, 1)). `what` names the rows in messages."""
+    return encode_inputs(raw, rows, plan, what), _targets(raw, rows, plan, what)
+
+
+def encode_inputs(raw: Raw, rows: Any, plan: Plan, what: str) -> Any:
+    """The rows' model inputs (float32, rows x inputs): one-hot categories (a missing cell: the
+    training shares; an unknown category: zeros), standardised numbers (a missing cell: 0)."""
     import numpy as np
     import pyarrow.compute as pc
 
@@ -284,7 +290,7 @@ def encode(raw: Raw, rows: Any, plan: Plan, what: str) -> tuple[Any, Any]:
             _check_range(file, name, rows, z, x)
             inputs[:, at] = z
             at += 1
-    return inputs, _targets(raw, rows, plan, what)
+    return inputs
 
 
 def _check_range(file: TableFile, name: str, rows: Any, z: Any, x: Any) -> None:

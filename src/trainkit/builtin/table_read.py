@@ -84,6 +84,7 @@ def to_numpy(array: Any, fill: float | int | bool | None = None) -> Any:
         array = array.combine_chunks()
     kind, n, offset = array.type, len(array), array.offset
     validity, data = array.buffers()[:2]
+    default: float | int | bool
     if pa.types.is_boolean(kind):
         values, default = _bits(data, offset, n), False
     elif pa.types.is_integer(kind) or pa.types.is_floating(kind):

@@ -26,7 +26,7 @@ from trainkit import inputfiles
 from trainkit.errors import UsageError
 from trainkit.training.batches import Batches
 from trainkit.training.data import DatasetInfo, TensorSplit, border_mean
-from trainkit.training.restore import load_trained_model
+from trainkit.training.restore import load_trained
 
 CPU = torch.device("cpu")
 
@@ -82,15 +82,22 @@ def predict(
     imports: Sequence[str] = (),
     trust_plugins: bool = False,
 ) -> list[dict[str, Any]]:
-    """Top-k classes with probabilities for each image, in the order given.
+    """Top-k classes with probabilities for each image, in the order given; for a model trained
+    on a table, `images` are CSV or Parquet files and each of their rows gets its prediction
+    (see predict_table.py).
 
     `invert`: True or False inverts every image or none; None (the default) inverts an image
     whose background is the opposite of the training images' (each result says `inverted`)."""
     if not images:
-        raise UsageError("give at least one image file")
+        raise UsageError("give at least one image file (or, for a model trained on a table, a CSV or Parquet file)")
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
-    model, info, _, source = load_trained_model(checkpoint, imports=imports, trust_plugins=trust_plugins)
+    trained = load_trained(checkpoint, imports=imports, trust_plugins=trust_plugins)
+    model, info, source = trained.model, trained.info, trained.source
+    if isinstance(trained.data_record, dict) and "plan" in trained.data_record:  # a table's encoding plan
+        from trainkit.tools.predict_table import predict_rows
+
+        return predict_rows(trained, images, top_k)
     if info.task != "classification" or not info.num_classes:
         raise UsageError(f"{source} is a {info.task} model; predict classifies images")
     if len(info.input_shape) != 3:
@@ -118,7 +125,12 @@ def predict(
 
 
 def format_predictions(results: list[dict[str, Any]]) -> str:
-    """One line per image: 'digit.png: 7 98.2%, 1 1.1%, 9 0.3%', saying when it was inverted."""
+    """One line per image: 'digit.png: 7 98.2%, 1 1.1%, 9 0.3%', saying when it was inverted
+    (or per table row: see predict_table.format_rows)."""
+    if results and "row" in results[0]:
+        from trainkit.tools.predict_table import format_rows
+
+        return format_rows(results)
     return "\n".join(
         f"{r['image']}{_inverted_note(r)}: "
         + ", ".join(f"{p['class']} {100 * p['probability']:.1f}%" for p in r["predictions"])

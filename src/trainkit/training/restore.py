@@ -221,12 +221,21 @@ def require_plugins(
     plugins.require(named, f"checkpoint {source}", imports=imports, trust=trust)
 
 
-def load_trained_model(
-    path: str | Path, *, imports: Sequence[str] = (), trust_plugins: bool = False
-) -> tuple[torch.nn.Module, DatasetInfo, ExperimentConfig, Path]:
-    """A checkpoint's model on the CPU in eval mode, with its data set info and config
-    (for predict and export: no data set is loaded). Plugin modules the checkpoint names are
-    imported only with the user's leave (`imports`, `trust_plugins`: see plugins.require)."""
+@dataclasses.dataclass
+class Trained:
+    """A checkpoint's model (CPU, eval mode) with what predict and export need beside it."""
+
+    model: torch.nn.Module
+    info: DatasetInfo
+    cfg: ExperimentConfig
+    source: Path
+    data_record: dict[str, Any] | None  # the data set's record (a table's encoding plan, ...)
+
+
+def load_trained(path: str | Path, *, imports: Sequence[str] = (), trust_plugins: bool = False) -> Trained:
+    """A checkpoint's model on the CPU in eval mode, with its data set info, config and data
+    record (for predict and export: no data set is loaded). Plugin modules the checkpoint names
+    are imported only with the user's leave (`imports`, `trust_plugins`: see plugins.require)."""
     source = checkpoint_file(path)
     checkpoint = load_checkpoint(source)
     checkpoint.require("config", source=source, purpose="rebuild the model")
@@ -236,4 +245,12 @@ def load_trained_model(
     info = dataset_info(checkpoint, source)
     model = build_model(cfg, info, CPU)
     load_model_state(model, checkpoint.model, str(source))
-    return model.eval(), info, cfg, source
+    return Trained(model.eval(), info, cfg, source, checkpoint.data_record)
+
+
+def load_trained_model(
+    path: str | Path, *, imports: Sequence[str] = (), trust_plugins: bool = False
+) -> tuple[torch.nn.Module, DatasetInfo, ExperimentConfig, Path]:
+    """load_trained's model, data set info, config and checkpoint file."""
+    trained = load_trained(path, imports=imports, trust_plugins=trust_plugins)
+    return trained.model, trained.info, trained.cfg, trained.source
