@@ -114,3 +114,22 @@ def test_nets_skip_layers_that_do_nothing_but_keep_their_keys():
     assert not torch.equal(cnn(image), cnn.eval()(image))
     cnn.dropout.p = 0.0
     assert torch.equal(cnn.train()(image), cnn.eval()(image))
+
+
+def test_an_unset_eval_batch_size_follows_the_device(tmp_path):
+    """Unset: 128 on the CPU (smaller activations stay in its caches), 1000 on a GPU; a value
+    given is used as given; a run and eval go on with it unset."""
+    from trainkit.config import resolve
+    from trainkit.training.build import eval_batch_size
+
+    config = tiny_config(tmp_path)
+    config["data"].pop("eval_batch_size")
+    cfg = resolve(config)
+    assert cfg.data.eval_batch_size is None
+    assert eval_batch_size(cfg, torch.device("cpu")) == 128
+    assert eval_batch_size(cfg, torch.device("cuda")) == 1000
+    config["data"]["eval_batch_size"] = 7
+    assert eval_batch_size(resolve(config), torch.device("cpu")) == 7
+    config["data"] |= {"eval_batch_size": None, "n_test": 300}
+    result = trainkit.train(config, quiet=True)
+    assert trainkit.evaluate(result["run_dir"])["samples"] == 300

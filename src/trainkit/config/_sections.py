@@ -155,7 +155,11 @@ class AugmentConfig(_Section):
 
 class DataConfig(ComponentConfig):
     batch_size: PositiveInt = Field(64, description="training batch size, per process")
-    eval_batch_size: PositiveInt = Field(1000, description="evaluation batch size, per process")
+    eval_batch_size: PositiveInt | None = Field(
+        None,
+        description="evaluation batch size, per process; unset: 1000 on a GPU, 128 on the CPU (whose caches and "
+        "allocator keep a smaller batch's activations: evaluation about a third faster)",
+    )
     num_workers: NonNegativeInt | None = Field(
         None,
         description="loader worker processes for data read from disk or a Dataset (0: the main process); "
