@@ -74,9 +74,9 @@ def _bits(buffer: Any, offset: int, n: int) -> Any:
     return np.unpackbits(packed, count=offset + n, bitorder="little")[offset:].astype(bool)
 
 
-def to_numpy(array: Any, fill: float | int | bool | None = None) -> Any:
+def to_numpy(array: Any) -> Any:
     """A boolean, integer or floating pyarrow array (or chunked array) as a writable numpy
-    array; null entries become `fill` (default: False, -1 or NaN)."""
+    array; null entries become False, -1 or NaN."""
     import numpy as np
     import pyarrow as pa
 
@@ -98,7 +98,7 @@ def to_numpy(array: Any, fill: float | int | bool | None = None) -> Any:
         missing = ~_bits(validity, offset, n)
         if values.dtype.kind == "u":  # room for the -1
             values = values.astype(np.int64)
-        values[missing] = default if fill is None else fill
+        values[missing] = default
     return values
 
 
