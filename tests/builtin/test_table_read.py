@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import os
+from pathlib import Path
 
 import pytest
 
@@ -160,3 +162,21 @@ def test_a_table_run_does_not_import_pandas(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_or_a_device_is_refused_before_reading(tmp_path):
+    """Reading a FIFO would wait for a writer forever, /dev/zero would never end: one line
+    instead. In a subprocess with a time limit, so that a regression fails instead of hanging."""
+    import subprocess
+    import sys
+
+    os.mkfifo(tmp_path / "rows.csv")
+    for path, kind in [(tmp_path / "rows.csv", "a named pipe (FIFO)"), (Path("/dev/zero"), "a character device")]:
+        code = (
+            "from trainkit.builtin.table_read import read_table\n"
+            "from trainkit.errors import ConfigError\n"
+            f"try:\n    read_table('data.path', {str(path)!r})\nexcept ConfigError as exc:\n    print(exc)\n"
+        )
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert done.stdout.strip() == f"data.path: {path} is {kind}, not a file; give a .csv or .parquet file"

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from trainkit.errors import ConfigError, DataError
+from trainkit.inputfiles import special_kind
 
 PARQUET_MAGIC = b"PAR1"
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
@@ -162,6 +163,9 @@ def _check_path(key: str, value: str, resuming: bool) -> Path:
         raise ConfigError(f"{key}: file not found: {value}{where}{moved}")
     if path.is_dir():
         raise ConfigError(f"{key}: {value} is a folder; give a .csv or .parquet file")
+    kind = special_kind(path)  # a named pipe would block the reader until a writer came; /dev/zero never ends
+    if kind is not None:
+        raise ConfigError(f"{key}: {value} is {kind}, not a file; give a .csv or .parquet file")
     if not os.access(path, os.R_OK):
         raise DataError(f"{value}: cannot be read (permission denied)")
     return path
