@@ -31,13 +31,18 @@ def test_a_linear_class_rule_is_learned(tmp_path):
     assert trainkit.evaluate(result["run_dir"])["samples"] == 160
 
 
-def test_known_coefficients_are_recovered_with_linear_regression(tmp_path):
+def _price_line(tmp_path):
+    """linear_regression of rule_columns' price, trained until it holds the coefficients."""
     path = write_csv(tmp_path / "train.csv", without(rule_columns(400), "label"))
     config = table_config(tmp_path, path, "price", name="line")
     config["model"] = {"name": "linear_regression"}
     config["optimizer"] = {"name": "sgd", "lr": 0.1}
     config["trainer"]["epochs"] = 25
-    result = trainkit.train(config, quiet=True)
+    return trainkit.train(config, quiet=True)
+
+
+def test_known_coefficients_are_recovered_with_linear_regression(tmp_path):
+    result = _price_line(tmp_path)
     metrics = trainkit.evaluate(result["best_checkpoint"])
     assert metrics["r2"] > 0.99999 and metrics["mae"] < 0.01  # in the price's own units
     assert metrics["loss"] < metrics["mse"]  # the loss is in standardised units, the price's spread is > 1
@@ -270,12 +275,7 @@ def test_predict_gives_every_row_of_a_new_file_its_classes(label_run, tmp_path, 
 
 
 def test_predicted_regression_values_are_in_the_targets_units(tmp_path, cli):
-    path = write_csv(tmp_path / "train.csv", without(rule_columns(400), "label"))
-    config = table_config(tmp_path, path, "price", name="line")
-    config["model"] = {"name": "linear_regression"}
-    config["optimizer"] = {"name": "sgd", "lr": 0.1}
-    config["trainer"]["epochs"] = 25
-    result = trainkit.train(config, quiet=True)
+    result = _price_line(tmp_path)
     fresh = without(rule_columns(50, seed=3), "label")
     code, out, err = cli("predict", result["best_checkpoint"], write_csv(tmp_path / "new.csv", fresh), "--json")
     assert code == 0, err

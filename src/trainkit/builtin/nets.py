@@ -65,8 +65,9 @@ class MLP(nn.Module):
         # They stay in `layers` so that the state_dict keys keep their numbering.
         x = torch.flatten(x, 1)
         for layer in self.layers:
-            if not isinstance(layer, nn.Flatten | nn.Dropout) or (isinstance(layer, nn.Dropout) and layer.p):
-                x = layer(x)
+            if isinstance(layer, nn.Flatten) or (isinstance(layer, nn.Dropout) and not layer.p):
+                continue
+            x = layer(x)
         return x
 
 

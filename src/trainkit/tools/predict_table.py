@@ -46,7 +46,7 @@ def _encoded(path: str | Path, plan: Any, options: dict[str, Any]) -> tuple[Any,
 
     from trainkit.builtin.table_columns import kind_of, mostly_numbers
     from trainkit.builtin.table_encode import Raw, encode_inputs
-    from trainkit.builtin.table_read import listing, read_table, to_numpy
+    from trainkit.builtin.table_read import listing, read_table
     from trainkit.registry import did_you_mean
 
     file = read_table(
@@ -68,19 +68,17 @@ def _encoded(path: str | Path, plan: Any, options: dict[str, Any]) -> tuple[Any,
     raw = Raw(file)
     missing = np.zeros(file.table.num_rows, dtype=bool)
     for name in plan.features:
-        kind = kind_of(file.table.column(name).type)
-        if name in plan.categories:
-            missing |= to_numpy(raw.texts(name).is_null())
-            continue
-        if kind not in ("number", "empty"):
-            typo = mostly_numbers(file, name, options.get("decimal", ".")) if kind == "text" else None
-            raise DataContentError(typo or f"{file.name}: column '{name}' holds {kind}; the model takes numbers")
-        column = raw.numbers(name)
-        infinite = np.flatnonzero(np.isinf(column))
-        if len(infinite):
-            where = file.rows(infinite)
-            raise DataContentError(f"{file.name}: column '{name}' is infinite (or beyond float64) in {where}")
-        missing |= np.isnan(column)
+        categorical = name in plan.categories
+        if not categorical:
+            kind = kind_of(file.table.column(name).type)
+            if kind not in ("number", "empty"):
+                typo = mostly_numbers(file, name, options.get("decimal", ".")) if kind == "text" else None
+                raise DataContentError(typo or f"{file.name}: column '{name}' holds {kind}; the model takes numbers")
+            infinite = np.flatnonzero(np.isinf(raw.numbers(name)))
+            if len(infinite):
+                where = file.rows(infinite)
+                raise DataContentError(f"{file.name}: column '{name}' is infinite (or beyond float64) in {where}")
+        missing |= raw.missing(name, categorical)
     if missing.any() and options.get("missing", "error") != "mean":
         raise DataContentError(
             f"{file.name}: values are missing in {file.rows(np.flatnonzero(missing))}; the model was trained with "
