@@ -167,6 +167,46 @@ def test_python_dash_m_and_help_do_not_import_torch():
     assert out.stdout.split() == ["0", "False"], out.stderr
 
 
+# The end of a `trainkit` process (cli._leave): exit handlers run, buffered output is
+# flushed, a running non-daemon thread is waited for, and the interpreter's teardown is
+# skipped (a module-level object's __del__, which that teardown would call, never runs).
+LEAVE_PROBE = """
+import atexit, sys, threading, time
+from pathlib import Path
+from trainkit.cli import _leave
+class Teardown:
+    def __del__(self):
+        print("teardown ran")
+marker = Teardown()
+atexit.register(lambda: print("exit handler ran"))
+if sys.argv[2] == "thread":
+    threading.Thread(target=lambda: (time.sleep(0.3), Path(sys.argv[1]).write_text("done"))).start()
+print("buffered line")
+_leave(sys.argv[3] if sys.argv[3] == "message" else int(sys.argv[3]))
+"""
+
+
+def _leave_probe(tmp_path, thread, code):
+    env = subprocess_env()
+    env.pop("PYTHONUNBUFFERED")  # stdout to a pipe is then block-buffered: only a flush shows it
+    args = [str(tmp_path / "thread.txt"), thread, code]
+    return subprocess.run([TRAINKIT[0], "-c", LEAVE_PROBE, *args], capture_output=True, text=True, env=env)
+
+
+def test_the_command_ends_without_teardown_but_with_exit_handlers_and_flushed_output(tmp_path):
+    done = _leave_probe(tmp_path, "none", "3")
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.splitlines() == ["buffered line", "exit handler ran"]
+
+
+def test_the_command_waits_for_a_running_thread_and_passes_a_message_on(tmp_path):
+    done = _leave_probe(tmp_path, "thread", "0")
+    assert done.returncode == 0 and (tmp_path / "thread.txt").read_text() == "done"
+    assert "exit handler ran" in done.stdout
+    done = _leave_probe(tmp_path, "none", "message")
+    assert done.returncode == 1 and done.stderr.strip() == "message"
+
+
 def test_unwritable_checkpoint_folder_fails_before_training(cli, tmp_path):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file where the checkpoint folder should go")
