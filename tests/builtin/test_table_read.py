@@ -98,6 +98,47 @@ def test_bad_files_each_get_one_line(tmp_path):
     )
 
 
+def test_a_file_of_another_kind_is_named_not_parsed(tmp_path):
+    """An image, a spreadsheet or a UTF-16 export given as a table: what it is, not a CSV
+    parse error or advice to try latin-1."""
+    not_table = "not a CSV or Parquet table"
+    assert _error(tmp_path, b"\x89PNG\r\n\x1a\n" + bytes(40)) == f"FILE: a PNG image, {not_table}"
+    assert _error(tmp_path, b"\xff\xd8\xff\xe0" + bytes(40), name="t.parquet") == f"FILE: a JPEG image, {not_table}"
+    assert _error(tmp_path, b"RIFF\x10\x00\x00\x00WEBPVP8 ") == f"FILE: a WebP image, {not_table}"
+    assert _error(tmp_path, b"PK\x03\x04" + bytes(40), name="t.xlsx") == (
+        f"FILE: a zip archive, {not_table}; an Excel .xlsx workbook is one: save the sheet as CSV, or unzip the CSV"
+    )
+    assert _error(tmp_path, b"ARROW1\x00\x00" + bytes(40), name="t.feather") == (
+        f"FILE: an Arrow IPC (Feather) file, {not_table}; write it as Parquet (pyarrow.parquet.write_table)"
+    )
+    assert _error(tmp_path, "a,b\n1,2\n".encode("utf-16")) == (
+        "FILE: is UTF-16 text (it starts with a byte-order mark); set data.encoding=utf-16"
+    )
+    assert _error(tmp_path, b"a,b\n1,\x00\x01\x02\n") == (
+        "FILE: holds binary data, not CSV text (a NUL byte at byte 6, after b'a,b\\n1,')"
+    )
+    utf16 = tmp_path / "u.csv"
+    utf16.write_bytes("a,b\n1,2\n".encode("utf-16"))
+    assert read_table("data.path", str(utf16), encoding="utf-16").table.column("b").to_pylist() == [2]
+
+
+@pytest.mark.parametrize("name", ["t.csv", "T.CSV.GZ", "t.csv.gz", "t.bz2", "t.zst"])
+@pytest.mark.parametrize("codec", ["gzip", "bz2", "zstd"])
+def test_a_compressed_csv_is_read_by_its_content_whatever_its_name(tmp_path, name, codec):
+    import pyarrow as pa
+
+    if not pa.Codec.is_available(codec):
+        pytest.skip(f"this pyarrow has no {codec}")
+    path = tmp_path / name
+    with pa.CompressedOutputStream(str(path), codec) as out:
+        out.write(b"a,b\n1,x\n2,y\n")
+    file = read_table("data.path", str(path))
+    assert file.table.column("b").to_pylist() == ["x", "y"] and file.fingerprint["rows"] == 2
+    plain = tmp_path / "plain.csv.gz"  # a .gz name on a file that is not compressed reads as it is
+    plain.write_bytes(b"a,b\n1,x\n")
+    assert read_table("data.path", str(plain)).table.column("a").to_pylist() == [1]
+
+
 def test_another_encoding_reads_when_named(tmp_path):
     path = tmp_path / "t.csv"
     path.write_bytes("ville,n\nCréteil,1\nSète,2\n".encode("latin-1"))

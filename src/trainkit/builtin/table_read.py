@@ -1,7 +1,8 @@
 """Reading a table file (CSV or Parquet) into a pyarrow Table, every failure one line.
 
 The format comes from the file itself: Parquet files start (and end) with the bytes `PAR1`;
-anything else is read as CSV (gzip/bz2/... by extension, as pyarrow does). pyarrow's CSV
+an image, a spreadsheet or another known binary format is named in the error; anything
+else is read as CSV, decompressed where its first bytes show gzip, bz2, zstd or lz4. pyarrow's CSV
 reader does not detect the delimiter, so `sniff_delimiter` picks it from the first 64 KiB
 (see there). Every file gets a fingerprint (size, SHA-256 of its bytes, rows, columns) so a
 resumed or evaluated run can tell that its table changed. pyarrow is imported inside the
@@ -22,6 +23,32 @@ from trainkit.errors import ConfigError, DataError
 from trainkit.inputfiles import special_kind
 
 PARQUET_MAGIC = b"PAR1"
+HEAD_BYTES = 16  # enough for every signature below
+# What a file given as a table often is instead, by its first bytes: named in the error,
+# rather than a CSV parse failure or advice about text encodings that cannot help.
+NOT_TABLES = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image", ""),
+    (b"\xff\xd8\xff", "a JPEG image", ""),
+    (b"GIF87a", "a GIF image", ""),
+    (b"GIF89a", "a GIF image", ""),
+    (b"PK\x03\x04", "a zip archive", "; an Excel .xlsx workbook is one: save the sheet as CSV, or unzip the CSV"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an Excel .xls workbook (or another OLE file)", "; save the sheet as CSV"),
+    (b"%PDF-", "a PDF document", ""),
+    (b"ARROW1", "an Arrow IPC (Feather) file", "; write it as Parquet (pyarrow.parquet.write_table)"),
+    (b"\x93NUMPY", "a NumPy .npy array", ""),
+    (b"SQLite format 3\x00", "an SQLite database", ""),
+    (b"\x89HDF\r\n\x1a\n", "an HDF5 file", ""),
+    (b"\xfd7zXZ\x00", "xz-compressed", "; pyarrow reads gzip, bz2, zstd and lz4 files: decompress it"),
+)
+# Compressed CSV, told by its first bytes rather than by its name (which is how pyarrow
+# tells it, and only for lower-case .gz/.bz2/.zst/.lz4): data.CSV.GZ or a gzip file named
+# .csv reads as what it is.
+COMPRESSION = (
+    (b"\x1f\x8b", "gzip"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"\x04\x22\x4d\x18", "lz4"),
+)
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 DELIMITERS = ",;\t|"
 SAMPLE_BYTES = 1 << 16
@@ -171,6 +198,36 @@ def _check_path(key: str, value: str, resuming: bool) -> Path:
     return path
 
 
+def not_a_table(head: bytes) -> str | None:
+    """What a file starting with `head` is, when its first bytes say it is no CSV or
+    Parquet table ("a PNG image, not ..."); None otherwise."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "a WebP image, not a CSV or Parquet table"
+    for magic, what, advice in NOT_TABLES:
+        if head.startswith(magic):
+            return f"{what}, not a CSV or Parquet table{advice}"
+    return None
+
+
+def compression_of(head: bytes) -> str | None:
+    """pyarrow's name for the compression a file's first bytes show, or None."""
+    if head[:3] == b"BZh" and head[3:4].isdigit() and head[4:10] == b"1AY&SY":
+        return "bz2"
+    return next((name for magic, name in COMPRESSION if head.startswith(magic)), None)
+
+
+def _source(path: Path, compression: str | None) -> Any:
+    """What pyarrow's CSV reader reads: the file's bytes, decompressed as its content says
+    (given the path itself, pyarrow would go by the name)."""
+    import pyarrow as pa
+
+    return pa.input_stream(str(path), compression=compression)
+
+
+def _is_utf8(encoding: str) -> bool:
+    return encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig")
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -185,7 +242,7 @@ def _read_parquet(path: Path) -> Any:
         raise DataError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
 
 
-def _ragged_rows(path: Path, parse: Any, read: Any) -> list[Any]:
+def _ragged_rows(path: Path, compression: str | None, parse: Any, read: Any) -> list[Any]:
     """The rows whose field count differs from the header's, with pyarrow's row numbers
     (only a single-threaded read numbers them). Called only after a parse error."""
     import pyarrow.csv as pcsv
@@ -201,21 +258,32 @@ def _ragged_rows(path: Path, parse: Any, read: Any) -> list[Any]:
     )
     single = pcsv.ReadOptions(use_threads=False, encoding=read.encoding)
     try:
-        pcsv.read_csv(path, read_options=single, parse_options=options)
+        pcsv.read_csv(_source(path, compression), read_options=single, parse_options=options)
     except Exception:
         pass  # the caller reports the first error if no ragged row explains it
     return bad
 
 
-def _read_csv(path: Path, delimiter: str | None, encoding: str, decimal: str) -> tuple[Any, str]:
+def _read_csv(
+    path: Path, compression: str | None, delimiter: str | None, encoding: str, decimal: str
+) -> tuple[Any, str]:
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
     try:
-        with pa.input_stream(str(path)) as stream:  # decompresses .gz/.bz2/... as read_csv will
-            sample = stream.read(SAMPLE_BYTES).decode(encoding, errors="replace")
+        with pa.input_stream(str(path), compression=compression) as stream:
+            raw = stream.read(SAMPLE_BYTES)
     except (OSError, pa.ArrowException) as exc:  # a damaged .gz, say
         raise DataError(f"{path}: cannot read ({_first_line(exc)})") from None
+    if _is_utf8(encoding):
+        if raw.startswith(UTF16_BOMS):
+            raise DataError(f"{path}: is UTF-16 text (it starts with a byte-order mark); set data.encoding=utf-16")
+        if b"\x00" in raw:
+            raise DataError(
+                f"{path}: holds binary data, not CSV text (a NUL byte at byte {raw.index(0)}, "
+                f"after {raw[: min(raw.index(0), 8)]!r})"
+            )
+    sample = raw.decode(encoding, errors="replace")
     if not sample.lstrip("\ufeff").strip():
         raise DataError(f"{path}: the file is empty (no header, no rows)")
     delimiter = delimiter or sniff_delimiter(sample)
@@ -225,7 +293,9 @@ def _read_csv(path: Path, delimiter: str | None, encoding: str, decimal: str) ->
     # too, as pandas reads them; otherwise "" would become a category of its own.
     convert = pcsv.ConvertOptions(strings_can_be_null=True, decimal_point=decimal)
     try:
-        table = pcsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
+        table = pcsv.read_csv(
+            _source(path, compression), read_options=read, parse_options=parse, convert_options=convert
+        )
         table.column_names  # noqa: B018 (pyarrow decodes the header's names only when asked)
         return table, delimiter
     except UnicodeDecodeError as exc:
@@ -237,11 +307,13 @@ def _read_csv(path: Path, delimiter: str | None, encoding: str, decimal: str) ->
         # Quoted values may hold newlines, which the fast parallel read does not allow.
         slow = pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
         try:
-            table = pcsv.read_csv(path, read_options=read, parse_options=slow, convert_options=convert)
+            table = pcsv.read_csv(
+                _source(path, compression), read_options=read, parse_options=slow, convert_options=convert
+            )
             return table, delimiter
         except pa.ArrowInvalid:
             pass
-        bad = _ragged_rows(path, parse, read)
+        bad = _ragged_rows(path, compression, parse, read)
         if bad:
             where = [f"{r.number} ({r.actual_columns} field{'' if r.actual_columns == 1 else 's'})" for r in bad]
             rows = f"row {where[0]} does" if len(bad) == 1 else f"rows {listing(where)} do"
@@ -264,15 +336,18 @@ def read_table(
     """Read the file a config key names; DataError/ConfigError with one line if it cannot be used."""
     path = _check_path(key, value, resuming)
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(HEAD_BYTES)
     if not head:
         raise DataError(f"{path}: the file is empty (no header, no rows)")
-    if head == PARQUET_MAGIC:
+    other = not_a_table(head)
+    if head[:4] == PARQUET_MAGIC:
         table, fmt, used = _read_parquet(path), "parquet", None
+    elif other is not None:
+        raise DataError(f"{path}: {other}")
     elif path.suffix.lower() in PARQUET_SUFFIXES:
-        raise DataError(f"{path}: not a Parquet file (it starts with {head!r}, a Parquet file with b'PAR1')")
+        raise DataError(f"{path}: not a Parquet file (it starts with {head[:4]!r}, a Parquet file with b'PAR1')")
     else:
-        table, used = _read_csv(path, delimiter, encoding, decimal)
+        table, used = _read_csv(path, compression_of(head), delimiter, encoding, decimal)
         fmt = "csv"
     names = list(table.column_names)
     repeated = sorted({n for n in names if names.count(n) > 1})
