@@ -137,6 +137,21 @@ def test_a_missing_target_is_dropped_or_an_error(tmp_path):
     assert len(_build(path, missing="drop").train) == 31
 
 
+def test_dropping_every_row_names_the_empty_columns(tmp_path):
+    columns = without(rule_columns(40), "price")
+    columns["x1"] = [""] * 40
+    columns["color"] = ["" if i % 4 else "red" for i in range(40)]
+    path = write_csv(tmp_path / "t.csv", columns)
+    assert _error(DataContentError, path, missing="drop") == (
+        "FILE: data.missing: drop leaves no rows: every row misses a value (x1 in 40 of 40, color in 30 of 40); "
+        "leave such columns out of data.features, or set data.missing: mean"
+    )
+    assert len(_build(path, missing="drop", features=["x0", "x2"]).train) == 32
+    columns["label"] = [""] * 40
+    path = write_csv(tmp_path / "t.csv", columns)
+    assert _error(DataContentError, path, missing="drop") == "FILE: the target 'label' is empty in every row"
+
+
 def test_unknown_categories_in_the_test_rows_are_zeros_and_said(tmp_path, caplog):
     columns = without(rule_columns(60), "price")
     train = write_csv(tmp_path / "train.csv", columns)

@@ -191,9 +191,29 @@ def _usable_rows(raw: Any, columns: Any, missing: str) -> Any:
     if no_feature.any() and missing == "error":
         raise report_missing(raw, columns, np.flatnonzero(no_feature), target_only=False)
     dropped = np.flatnonzero(no_target | (no_feature if missing == "drop" else False))
+    if len(dropped) == raw.file.table.num_rows:
+        raise _nothing_left(raw, columns)
     if len(dropped):
         log.info("%s: left out %d rows with missing values (%s)", raw.file.name, len(dropped), raw.file.rows(dropped))
     return np.flatnonzero(~(no_target | (no_feature if missing == "drop" else False)))
+
+
+def _nothing_left(raw: Any, columns: Any) -> Exception:
+    """data.missing: drop left no row: name the columns that are empty in most rows."""
+    from trainkit.builtin.table_read import listing
+    from trainkit.errors import DataContentError
+
+    as_text = columns.categorical | ({columns.target} if columns.task == "classification" else set())
+    counts = {n: int(raw.missing(n, n in as_text).sum()) for n in [columns.target, *columns.features]}
+    worst = sorted((n for n in counts if counts[n]), key=lambda n: -counts[n])
+    total = raw.file.table.num_rows
+    if counts[columns.target] == total:
+        return DataContentError(f"{raw.file.name}: the target '{columns.target}' is empty in every row")
+    return DataContentError(
+        f"{raw.file.name}: data.missing: drop leaves no rows: every row misses a value "
+        f"({listing([f'{n} in {counts[n]} of {total}' for n in worst], len(worst))}); "
+        "leave such columns out of data.features, or set data.missing: mean"
+    )
 
 
 def _rows_with_target(raw: Any, columns: Any) -> Any:
