@@ -137,3 +137,28 @@ def test_a_run_through_the_api_leaves_the_process_as_it_found_it(tmp_path, monke
     trainkit.train(tiny_config(tmp_path, imports=["my_local_plugin"], trainer={"epochs": 1}), quiet=True)
     assert "my_local_plugin" in sys.modules  # the working folder was on the path during the run
     assert sys.path == before and torch.backends.cudnn.benchmark is False
+
+
+def test_a_failed_host_allocation_is_one_line_not_a_traceback():
+    """torch's CPU allocator fails with a RuntimeError, not a MemoryError: the API names it."""
+    import torch
+
+    from trainkit.api import _api
+    from trainkit.errors import OutOfMemoryError
+
+    @_api
+    def allocate() -> None:
+        torch.empty(2**50, dtype=torch.uint8)  # 1 PB: refused at once, before any page is touched
+
+    with pytest.raises(OutOfMemoryError) as info:
+        allocate()
+    assert str(info.value) == (
+        "out of host memory (allocating 1,125,899.9 GB failed); lower data.batch_size or data.eval_batch_size"
+    )
+
+    @_api
+    def other() -> None:
+        raise RuntimeError("something else")
+
+    with pytest.raises(RuntimeError, match="something else"):
+        other()

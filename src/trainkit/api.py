@@ -16,6 +16,7 @@ import contextvars
 import functools
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -100,8 +101,25 @@ def _api(fn: F) -> F:
             raise OutOfMemoryError("out of device memory; lower data.batch_size or data.eval_batch_size") from None
         except MemoryError:
             raise OutOfMemoryError("out of host memory; lower data.batch_size or data.eval_batch_size") from None
+        except RuntimeError as exc:
+            failed = _host_allocation(exc)
+            if failed is None:
+                raise
+            raise OutOfMemoryError(
+                f"out of host memory (allocating {failed} failed); lower data.batch_size or data.eval_batch_size"
+            ) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _host_allocation(exc: RuntimeError) -> str | None:
+    """The size torch's CPU allocator failed to get ("12.3 GB"), when `exc` is that failure:
+    a RuntimeError, not a MemoryError."""
+    text = str(exc)
+    if "DefaultCPUAllocator: can't allocate memory" not in text:
+        return None
+    found = re.search(r"allocate (\d+) bytes", text)
+    return f"{int(found.group(1)) / 1e9:,.1f} GB" if found else "memory"
 
 
 def _lock(run_dir: Path) -> None:

@@ -161,3 +161,21 @@ def test_real_files_read_completely(builder, first_labels):
     assert bundle.train.inputs.shape == (60000, 1, 28, 28) and bundle.test.inputs.shape == (10000, 1, 28, 28)
     assert bundle.train.targets[:5].tolist() == first_labels
     assert torch.bincount(bundle.test.targets).sum() == 10000 and bundle.test.targets.max() == 9
+
+
+def test_synthetic_sets_beyond_this_machines_memory_are_a_config_error(monkeypatch):
+    import os
+
+    from trainkit.errors import ConfigError
+
+    sysconf = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda name: 2**30 // 4096 if name == "SC_PHYS_PAGES" else sysconf(name))
+    with pytest.raises(ConfigError) as info:  # 1 GiB of memory here: 200,000 MNIST-sized images need ~1.9 GB
+        synthetic_images(seed=0, n_train=200_000, n_test=500)
+    assert str(info.value) == (
+        "data.n_train, data.n_test: 200,500 images of 1x28x28 take about 1.9 GB of memory to make; "
+        "this machine has 1.1 GB"
+    )
+    with pytest.raises(ConfigError, match=r"^data.n_train, data.n_test: 100,000,200 rows of 3 features take about"):
+        synthetic_regression(seed=0, n_train=10**8, in_features=3)
+    assert len(synthetic_images(seed=0, n_train=64, n_test=8).train) == 64

@@ -21,6 +21,29 @@ from trainkit.registry import DATASETS
 Positive = Annotated[int, Field(gt=0)]
 NonNegative = Annotated[float, Field(ge=0)]
 
+# Bytes held at once per generated value while a synthetic split is made (float32 noise,
+# the templates it is added to and their sum), so sizes beyond memory fail in one line.
+SYNTHETIC_BYTES_PER_VALUE = 12
+
+
+def _check_fits(keys: str, values: int, what: str) -> None:
+    """ConfigError naming `keys` when making `values` float32 values would not fit in this
+    machine's memory (a typo'd n_train of 10**12 would otherwise die in the allocator)."""
+    import os
+
+    from trainkit.errors import ConfigError
+
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    need = values * SYNTHETIC_BYTES_PER_VALUE
+    if need > total:
+        raise ConfigError(
+            f"{keys}: {what} take about {need / 1e9:,.1f} GB of memory to make; this machine has {total / 1e9:,.1f} GB"
+        )
+
+
 MNIST_CLASSES = [str(d) for d in range(10)]
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",
@@ -140,6 +163,11 @@ def synthetic_regression(
 
     from trainkit.training.data import DataBundle, DatasetInfo, TensorSplit
 
+    _check_fits(
+        "data.n_train, data.n_test",
+        (n_train + n_test) * (in_features + 1),
+        f"{n_train + n_test:,} rows of {in_features} feature{'' if in_features == 1 else 's'}",
+    )
     gen = torch.Generator().manual_seed(seed if data_seed is None else data_seed)
     w = torch.tensor(weight if isinstance(weight, list) else [weight] * in_features, dtype=torch.float32)
     if len(w) != in_features:
@@ -171,6 +199,11 @@ def synthetic_images(
 
     from trainkit.training.data import DataBundle, DatasetInfo, TensorSplit
 
+    _check_fits(
+        "data.n_train, data.n_test",
+        (n_train + n_test) * channels * size * size,
+        f"{n_train + n_test:,} images of {channels}x{size}x{size}",
+    )
     gen = torch.Generator().manual_seed(seed if data_seed is None else data_seed)
     templates = torch.rand(num_classes, channels, size, size, generator=gen) * 255
 
