@@ -67,6 +67,22 @@ def test_truncated_files_found_while_decoding_first_few_and_a_count(cli, tmp_pat
     assert "Traceback" not in err and "worker" not in line
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_damaged_byte_in_a_png_is_named_not_a_crash(cli, tmp_path, folder, workers):
+    """torchvision's PNG decoder dies with SIGSEGV on such a file (see image_png.py): with no
+    workers that was the trainkit process itself, without a word."""
+    path = folder / "train" / "class_1" / "0002.png"
+    data = bytearray(path.read_bytes())
+    data[data.index(b"IDAT") + 6] ^= 0xFF
+    path.write_bytes(bytes(data))
+    code, out, err = run(cli, tmp_path, folder, num_workers=workers)
+    assert code == 1
+    assert one_error(err) == (
+        f"image_folder: 1 file cannot be read: {path} (truncated or corrupt PNG data (chunk IDAT: CRC mismatch)); "
+        "fix or remove them, or set data.on_bad_file=skip to leave them out"
+    )
+
+
 def test_skip_leaves_bad_files_out_lists_them_once_and_records_them(cli, tmp_path, folder):
     (folder / "train" / "class_0" / "empty.png").write_bytes(b"")
     truncated = folder / "train" / "class_2" / "0003.png"

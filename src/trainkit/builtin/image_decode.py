@@ -12,6 +12,9 @@ orientation (JPEG and PNG) itself. What it cannot do, done here:
 - 16-bit PNGs come out as uint16: scaled to uint8 by dropping the low byte, as
   torchvision.transforms.v2.functional.to_dtype(scale=True) does.
 Alpha is dropped (not composited). Other sizes are resized whole (bilinear, antialiased).
+A PNG's bytes are checked first (image_png.py): torchvision's PNG decoder crashes the process
+on damaged image data instead of raising. Images over PIL's decompression-bomb limit are
+refused from their header.
 
 `probe_file` reads only a file's header to learn its size and whether it is grey, without
 decoding the pixels: PNG and JPEG headers directly (image_header.py), others through PIL's
@@ -39,6 +42,7 @@ from pathlib import Path
 import torch
 
 from trainkit.builtin.image_header import read_header
+from trainkit.builtin.image_png import png_problem, too_many_pixels
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 
@@ -107,9 +111,11 @@ def probe_file(path: str | Path) -> Probe:
             quick = read_header(f, head)  # PNG and JPEG without PIL
     except OSError as exc:
         raise ImageFileError(path, os_reason(exc)) from None
-    if quick is not None:
-        return Probe(*quick)
-    return _probe_with_pil(path, head)
+    probe = Probe(*quick) if quick is not None else _probe_with_pil(path, head)
+    bomb = too_many_pixels(probe.width, probe.height)
+    if bomb is not None:
+        raise ImageFileError(path, bomb)
+    return probe
 
 
 def _probe_with_pil(path: str | Path, head: bytes) -> Probe:
@@ -211,6 +217,9 @@ def load_decoders(transforms: bool = True) -> None:
 def decode_bytes(data: bytes, path: str | Path, channels: int, size: tuple[int, int] | None) -> torch.Tensor:
     """Encoded bytes -> uint8 (channels, H, W), resized to `size` = (H, W) when given and different."""
     kind = sniff(data[:16])
+    problem = png_problem(data) if kind == "PNG" else _jpeg_problem(data) if kind == "JPEG" else None
+    if problem is not None:  # what would crash torchvision's decoder, or take gigabytes
+        raise ImageFileError(path, problem)
     if kind in _TORCHVISION_FORMATS:
         image = _torchvision_decode(data, path, kind, channels)
     else:
@@ -221,6 +230,11 @@ def decode_bytes(data: bytes, path: str | Path, channels: int, size: tuple[int, 
 
         image = resize(image, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
     return image.contiguous()
+
+
+def _jpeg_problem(data: bytes) -> str | None:
+    header = read_header(io.BytesIO(data), data[:64])
+    return None if header is None else too_many_pixels(header.width, header.height)
 
 
 def decode_file(path: str | Path, channels: int, size: tuple[int, int] | None = None) -> torch.Tensor:
