@@ -189,8 +189,8 @@ def test_a_bad_file_met_in_training_saves_a_checkpoint_and_resumes_with_skip(cli
     code, out, err = run(cli, tmp_path, folder, **data)
     assert code == 1
     assert one_error(err) == (
-        f"image_folder: cannot read {bad}: truncated or corrupt PNG data (Out of bound read in decode_png. "
-        "Probably, the input image is corrupted); set data.on_bad_file=skip to leave such files out"
+        f"image_folder: cannot read {bad}: truncated or corrupt PNG data (the file ends inside its image data); "
+        "set data.on_bad_file=skip to leave such files out"
     )
     run_dir = tmp_path / "ckpt" / "images"
     assert load_ckpt(run_dir / "last.pt")["state"]["batch"] == 1  # what was trained is kept

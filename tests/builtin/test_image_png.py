@@ -75,6 +75,13 @@ def _damaged(kind: str) -> bytes:
         return good[:33] + _chunk(b"IDAT", bytes(raw)) + _chunk(b"IEND", b"")
     if kind == "filter":  # row filter type 9
         return encode(pixels, 0, filters=9)
+    if kind == "cut":  # the file ends inside its image data, after a damaged byte
+        data = bytearray(good[: good.index(b"IDAT") + 30])
+        data[-10] ^= 0xFF
+        return bytes(data)
+    if kind == "cut_clean":  # the file ends inside its image data: all of the rows, not the stream's end
+        start = good.index(b"IDAT")
+        return good[: start + 4 + struct.unpack(">I", good[start - 4 : start])[0] - 2]
     if kind == "unended":  # every row there, but the stream stops before its checksum
         stream = zlib.compress(b"".join(b"\x00" + row.astype(np.uint8).tobytes() for row in pixels))
         return good[:33] + _chunk(b"IDAT", stream[:-3]) + _chunk(b"IEND", b"")
@@ -86,6 +93,9 @@ REASONS = {
     "short": "truncated or corrupt PNG data (image data ends after 116 of 812 bytes)",
     "zlib": "truncated or corrupt PNG data (image data: Error -3 while decompressing data: incorrect data check)",
     "unended": "truncated or corrupt PNG data (the image data's zlib stream does not end)",
+    "cut": "truncated or corrupt PNG data (image data: Error -3 while decompressing data: invalid distance too far "
+    "back)",
+    "cut_clean": "truncated or corrupt PNG data (the file ends inside its image data)",
     "filter": "truncated or corrupt PNG data (a row with an unknown filter type)",
 }
 

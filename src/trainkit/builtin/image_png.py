@@ -38,12 +38,15 @@ def too_many_pixels(width: int, height: int) -> str | None:
 def png_problem(data: bytes) -> str | None:
     """Why libpng would fail on these bytes once it reads the pixels, in a few words; None
     when they decode (or when the failure is one torchvision reports without crashing)."""
-    position, header, parts = 8, None, []
+    position, header, parts, cut = 8, None, [], False
     while position + 8 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, position)
         end = position + 12 + length
-        if end > len(data):
-            return None  # a file cut short: torchvision reports it without crashing
+        if end > len(data):  # the file ends inside this chunk
+            if kind == b"IDAT":  # libpng inflates what there is before it finds the end
+                parts.append(data[position + 8 : end - 4])
+                cut = True
+            break
         if kind in _CRITICAL:
             body = data[position + 8 : end - 4]
             (crc,) = struct.unpack_from(">I", data, end - 4)
@@ -66,10 +69,10 @@ def png_problem(data: bytes) -> str | None:
     bomb = too_many_pixels(width, height)
     if bomb is not None:
         return bomb
-    return _pixels_problem(b"".join(parts), width, height, depth * _CHANNELS[colour], interlace == 1)
+    return _pixels_problem(b"".join(parts), width, height, depth * _CHANNELS[colour], interlace == 1, cut)
 
 
-def _pixels_problem(compressed: bytes, width: int, height: int, bits: int, interlaced: bool) -> str | None:
+def _pixels_problem(compressed: bytes, width: int, height: int, bits: int, interlaced: bool, cut: bool) -> str | None:
     passes = []  # (rows, bytes per row with its filter byte) of each pass
     for row0, row_step, col0, col_step in _ADAM7 if interlaced else ((0, 1, 0, 1),):
         rows, cols = _count(height, row0, row_step), _count(width, col0, col_step)
@@ -79,7 +82,7 @@ def _pixels_problem(compressed: bytes, width: int, height: int, bits: int, inter
     stream = zlib.decompressobj()
     try:
         pixels = stream.decompress(compressed, expected)
-        if len(pixels) < expected:
+        if len(pixels) < expected and not cut:
             return f"{DAMAGED} (image data ends after {len(pixels):,} of {expected:,} bytes)"
         # libpng reads the stream to its end (its checksum), past any data the rows do not
         # need, and fails if it is cut short. Writers add no such data: a little is read
@@ -91,13 +94,15 @@ def _pixels_problem(compressed: bytes, width: int, height: int, bits: int, inter
         return f"{DAMAGED} (image data: {exc})"
     if extra > expected:
         return f"{DAMAGED} (more image data than its size needs)"
-    if not stream.eof:
+    if not stream.eof and not cut:
         return f"{DAMAGED} (the image data's zlib stream does not end)"
-    start = 0
+    start = 0  # libpng unfilters each row as it comes, so a file cut short is checked as far as it goes
     for rows, size in passes:
-        if max(pixels[start : start + rows * size : size]) > _MAX_FILTER:
+        if max(pixels[start : start + rows * size : size], default=0) > _MAX_FILTER:
             return f"{DAMAGED} (a row with an unknown filter type)"
         start += rows * size
+    if cut:  # what there is inflates and unfilters: it ends early
+        return f"{DAMAGED} (the file ends inside its image data)"
     return None
 
 
