@@ -82,6 +82,12 @@ def _damaged(kind: str) -> bytes:
     if kind == "cut_clean":  # the file ends inside its image data: all of the rows, not the stream's end
         start = good.index(b"IDAT")
         return good[: start + 4 + struct.unpack(">I", good[start - 4 : start])[0] - 2]
+    if kind == "split":  # a chunk between two IDAT chunks: libpng's image data is the first run only
+        start = good.index(b"IDAT")
+        stream = good[start + 4 : start + 4 + struct.unpack(">I", good[start - 4 : start])[0]]
+        half = len(stream) // 2
+        middle = _chunk(b"IDAT", stream[:half]) + _chunk(b"tEXt", b"a\x00b") + _chunk(b"IDAT", stream[half:])
+        return good[: start - 4] + middle + _chunk(b"IEND", b"")
     if kind == "unended":  # every row there, but the stream stops before its checksum
         stream = zlib.compress(b"".join(b"\x00" + row.astype(np.uint8).tobytes() for row in pixels))
         return good[:33] + _chunk(b"IDAT", stream[:-3]) + _chunk(b"IEND", b"")
@@ -93,6 +99,7 @@ REASONS = {
     "short": "truncated or corrupt PNG data (image data ends after 116 of 812 bytes)",
     "zlib": "truncated or corrupt PNG data (image data: Error -3 while decompressing data: incorrect data check)",
     "unended": "truncated or corrupt PNG data (the image data's zlib stream does not end)",
+    "split": "truncated or corrupt PNG data (image data ends after 179 of 812 bytes)",
     "cut": "truncated or corrupt PNG data (image data: Error -3 while decompressing data: invalid distance too far "
     "back)",
     "cut_clean": "truncated or corrupt PNG data (the file ends inside its image data)",

@@ -1,14 +1,15 @@
 """Checks a PNG's bytes before libpng decodes them, because torchvision's PNG decoder crashes
 the process (SIGSEGV) on the errors libpng raises once it reads the pixels: a damaged
 byte in the image data (a CRC error, a bad zlib stream, a bad row filter) or image data
-that ends early. In a loader worker that is a worker death that names no file; with
-`num_workers: 0` it is the trainkit process itself, with no message at all. Truncated
-files and damaged headers torchvision reports itself, as exceptions.
+that ends early (a file cut inside it, or a chunk between its IDAT chunks). In a loader
+worker that is a worker death that names no file; with `num_workers: 0` it is the trainkit
+process itself, with no message at all. Damaged headers torchvision reports itself.
 
-So every PNG is walked here first: the critical chunks' CRCs, the image data inflated (C
-zlib, as libpng does) to the size the header promises, and each row's filter byte. Only a
-stream that passes goes to the decoder. On MNIST-sized PNGs this adds about a tenth to the
-decode (see `bench/README.md`, "image_folder.py").
+So every PNG is walked here first: the critical chunks' CRCs, the image data (the first run
+of IDAT chunks, as libpng reads it) inflated with C zlib to the size the header promises and
+to the stream's end, and each row's filter byte. Only bytes that pass go to the decoder.
+On an MNIST-sized PNG this takes about 11 us, beside 19 us for the decode and more to read
+the file.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def png_problem(data: bytes) -> str | None:
     position, header, parts, cut = 8, None, [], False
     while position + 8 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, position)
+        if parts and kind != b"IDAT":  # the image data is one run of IDAT chunks: libpng stops here
+            break
         end = position + 12 + length
         if end > len(data):  # the file ends inside this chunk
             if kind == b"IDAT":  # libpng inflates what there is before it finds the end
@@ -58,8 +61,6 @@ def png_problem(data: bytes) -> str | None:
                 header = struct.unpack(">IIBBBBB", body)
             elif kind == b"IDAT":
                 parts.append(body)
-        elif kind == b"IEND":
-            break
         position = end
     if header is None or not parts:
         return None
