@@ -802,12 +802,10 @@ def _leave(code: str | int | None) -> NoReturn:
     finalizers such as temporary folders' removal) and the standard streams are flushed;
     then os._exit. trainkit writes its files through `with` blocks and closes its run log
     itself, so no buffered write waits for a destructor. The normal exit is taken where
-    another non-daemon thread still runs (that shutdown waits for it), where the exit carries
-    a message rather than a number, and in a worker under torchrun: the launcher stops the
-    other workers as soon as one exits, and the local rank 0 that prints a config error all
-    ranks share must have printed it by then (the silent ranks' teardown is that margin).
+    another non-daemon thread still runs (that shutdown waits for it) and where the exit
+    carries a message rather than a number.
     """
-    if (code is not None and not isinstance(code, int)) or "TORCHELASTIC_ERROR_FILE" in os.environ:
+    if code is not None and not isinstance(code, int):
         sys.exit(code)
     main_thread = threading.main_thread()
     if any(t is not main_thread and not t.daemon and t.is_alive() for t in threading.enumerate()):
