@@ -176,3 +176,20 @@ def test_a_damaged_finished_cache_is_rebuilt(tmp_path, calls, caplog):
     bundle = build(root, tmp_path / "cache")
     assert calls["decode"] == 24 and any("is damaged" in r.getMessage() for r in caplog.records)
     assert torch.equal(bundle.train.as_tensor_split().inputs, reference)
+
+
+def test_cache_off_written_bare_in_yaml_means_off(cli, tmp_path):
+    """YAML 1.1 reads a bare `off` as false (and `on` as true): both mean what they say."""
+    root = write_folder(tmp_path / "data", train=4, test=2, classes=2)
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"name: c\nmodel: {{name: mlp}}\noptimizer: {{name: sgd, lr: 0.1}}\ntrainer: {{epochs: 1, device: cpu}}\n"
+        f"checkpoint: {{dir: {tmp_path / 'ckpt'}}}\n"
+        f"data: {{name: image_folder, root: {root}, cache: off, cache_dir: {tmp_path / 'cache'}}}\n"
+    )
+    code, out, err = cli("train", config, "-q")
+    assert code == 0, err
+    assert not (tmp_path / "cache").exists()
+    code, out, err = cli("train", config, "-q", "--overwrite", "data.cache=on")
+    assert code == 0, err
+    assert len(pixel_folders(tmp_path / "cache")) == 1

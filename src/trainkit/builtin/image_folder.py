@@ -33,12 +33,14 @@ def image_folder(
     std: list[Annotated[float, Field(gt=0)]] | None = None,
     test_fraction: Annotated[float, Field(gt=0, lt=1)] | None = None,
     on_bad_file: Literal["error", "skip"] = "error",
-    cache: Literal["auto", "off"] = "auto",
+    cache: Literal["auto", "off"] | bool = "auto",  # YAML reads a bare `off` as false, `on` as true
     cache_dir: str | None = None,
 ):
     """Your own images in class folders: root/train/<class>/ + root/test/<class>/, or root/<class>/."""
     from trainkit.builtin.image_build import build_image_folder
 
+    if isinstance(cache, bool):  # `cache: off` as written, which YAML 1.1 makes False
+        cache = "auto" if cache else "off"
     return build_image_folder(
         root,
         seed,
