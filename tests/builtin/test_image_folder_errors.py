@@ -233,3 +233,13 @@ def test_one_class_folder_is_probably_the_wrong_root_exit_2(cli, tmp_path, folde
         f"image_folder: one class folder (class_0) in {single}/train: a classifier needs at least two; "
         "is data.root the folder that holds the class folders?"
     )
+
+
+def test_an_image_size_over_the_pixel_limit_is_a_config_error_before_any_decoding(cli, tmp_path, folder):
+    code, out, err = run(cli, tmp_path, folder, image_size=20000, cache_dir=str(tmp_path / "cache"))
+    assert code == 2
+    assert one_error(err) == (
+        "data.image_size: 20000x20000 is 400,000,000 pixels an image, over the limit of 178,956,970 "
+        "that image files have too"
+    )
+    assert not (tmp_path / "cache").exists()

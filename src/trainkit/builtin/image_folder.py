@@ -41,6 +41,8 @@ def image_folder(
 
     if isinstance(cache, bool):  # `cache: off` as written, which YAML 1.1 makes False
         cache = "auto" if cache else "off"
+    if image_size is not None:
+        _check_size(image_size)
     return build_image_folder(
         root,
         seed,
@@ -55,3 +57,17 @@ def image_folder(
         cache,
         cache_dir,
     )
+
+
+def _check_size(image_size: int | list[int]) -> None:
+    """An image_size over the limit that image files have (a typo of 20000 for 200 would
+    otherwise fill gigabytes of cache before the first batch fails to fit in memory)."""
+    from trainkit.builtin.image_png import MAX_PIXELS
+    from trainkit.errors import ConfigError
+
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if height * width > MAX_PIXELS:
+        raise ConfigError(
+            f"data.image_size: {height}x{width} is {height * width:,} pixels an image, over the limit of "
+            f"{MAX_PIXELS:,} that image files have too"
+        )

@@ -39,7 +39,8 @@ def too_many_pixels(width: int, height: int) -> str | None:
 def png_problem(data: bytes) -> str | None:
     """Why libpng would fail on these bytes once it reads the pixels, in a few words; None
     when they decode (or when the failure is one torchvision reports without crashing)."""
-    position, header, parts, cut = 8, None, [], False
+    position, header, cut = 8, None, False
+    parts: list[bytes] = []  # the IDAT chunks' data
     while position + 8 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, position)
         if parts and kind != b"IDAT":  # the image data is one run of IDAT chunks: libpng stops here
