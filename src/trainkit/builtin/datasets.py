@@ -29,16 +29,12 @@ SYNTHETIC_BYTES_PER_VALUE = 12
 def _check_fits(keys: str, values: int, what: str) -> None:
     """ConfigError naming `keys` when making `values` float32 values would not fit in this
     machine's memory (a typo'd n_train of 10**12 would otherwise die in the allocator)."""
-    import os
-
     from trainkit.errors import ConfigError
+    from trainkit.training.loader import host_memory
 
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return
+    total = host_memory()
     need = values * SYNTHETIC_BYTES_PER_VALUE
-    if need > total:
+    if total is not None and need > total:
         raise ConfigError(
             f"{keys}: {what} take about {need / 1e9:,.1f} GB of memory to make; this machine has {total / 1e9:,.1f} GB"
         )

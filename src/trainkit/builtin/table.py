@@ -203,8 +203,7 @@ def _nothing_left(raw: Any, columns: Any) -> Exception:
     from trainkit.builtin.table_read import listing
     from trainkit.errors import DataContentError
 
-    as_text = columns.categorical | ({columns.target} if columns.task == "classification" else set())
-    counts = {n: int(raw.missing(n, n in as_text).sum()) for n in [columns.target, *columns.features]}
+    counts = {n: int(raw.missing(n, n in columns.as_text).sum()) for n in [columns.target, *columns.features]}
     worst = sorted((n for n in counts if counts[n]), key=lambda n: -counts[n])
     total = raw.file.table.num_rows
     if counts[columns.target] == total:

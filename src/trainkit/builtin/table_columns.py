@@ -26,6 +26,11 @@ class Columns:
     categorical: set[str]
     task: str
 
+    @property
+    def as_text(self) -> set[str]:
+        """The columns read as text values: the categorical features, and a class target."""
+        return self.categorical | ({self.target} if self.task == "classification" else set())
+
 
 def kind_of(arrow_type: Any) -> str:
     """number, text, or what else the column holds (for messages)."""

@@ -121,10 +121,9 @@ def missing_by_row(raw: Raw, columns: Columns) -> tuple[Any, Any]:
 def report_missing(raw: Raw, columns: Columns, rows: Any, target_only: bool) -> DataContentError:
     """One line: the first few rows with missing cells, each with its columns, and the count."""
     names = [columns.target] + ([] if target_only else columns.features)
-    as_text = columns.categorical | ({columns.target} if columns.task == "classification" else set())
     shown = []
     for i in rows[:5]:
-        empty = [n for n in names if raw.missing(n, n in as_text)[i]]
+        empty = [n for n in names if raw.missing(n, n in columns.as_text)[i]]
         shown.append(f"row {raw.file.row(i)} ({', '.join(empty)})")
     what = f"the target '{columns.target}' is missing" if target_only else "values are missing"
     fix = (

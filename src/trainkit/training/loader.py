@@ -81,11 +81,16 @@ def fits_in_memory(nbytes: int, device: torch.device) -> bool:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return nbytes <= free // 2
+    total = host_memory()
+    return total is None or nbytes <= total // 2
+
+
+def host_memory() -> int | None:
+    """This machine's physical memory in bytes; None where the system does not say."""
     try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
-        return True
-    return nbytes <= total // 2
+        return None
 
 
 def place(source: Any, device: torch.device) -> Any:
