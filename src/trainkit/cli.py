@@ -149,12 +149,12 @@ def _wait_for_local_rank_0(code: int) -> None:
     """A silent rank's exit has torchrun stop the other workers (SIGTERM) at once, perhaps
     before local rank 0 has printed the error they share: both reach it within milliseconds.
     So wait for that SIGTERM (rank 0 has exited), then exit with this rank's own code; after
-    a few seconds, exit anyway."""
+    10 s (on a loaded machine rank 0 may get there seconds later), exit anyway."""
     import signal
     import time
 
     signal.signal(signal.SIGTERM, lambda *_: os._exit(code))
-    time.sleep(5.0)
+    time.sleep(10.0)
 
 
 def _record_for_torchrun(exc: Exception, text: str) -> None:

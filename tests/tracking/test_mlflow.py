@@ -218,21 +218,34 @@ def test_kill_9_then_resume_logs_each_step_once(tmp_path, store):
     client = MlflowClient(store)
     experiment = None
 
-    def logged_past_checkpoint():
+    def logged_past_checkpoint(checkpoint_step):
         nonlocal experiment
         experiment = experiment or client.get_experiment_by_name("killed")
-        latest = run_dir / "latest.json"
-        if experiment is None or not latest.exists():
+        if experiment is None or not (run_dir / "latest.json").exists():
             return False
         runs = client.search_runs([experiment.experiment_id])
         if not runs or "train/loss" not in runs[0].data.metrics:
             return False
         history = client.get_metric_history(runs[0].info.run_id, "train/loss")
-        return max(m.step for m in history) > json.loads(latest.read_text())["step"]
+        return max(m.step for m in history) > checkpoint_step()
+
+    def stopped_past_checkpoint():
+        """The run keeps going while MLflow is queried (a checkpoint may come meanwhile): once it
+        looks past a checkpoint, freeze it (SIGSTOP) and look again, at last.pt itself."""
+        if not logged_past_checkpoint(lambda: json.loads((run_dir / "latest.json").read_text())["step"]):
+            return False
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            if logged_past_checkpoint(lambda: load_ckpt(run_dir / "last.pt")["step"]):
+                return True
+        except Exception:  # frozen mid-commit, it may hold the store's lock: look again later
+            pass
+        proc.send_signal(signal.SIGCONT)
+        return False
 
     proc = subprocess.Popen(TRAINKIT + ["train", str(path), "-q"], env=subprocess_env(), stderr=subprocess.PIPE)
     deadline = time.time() + 180
-    while proc.poll() is None and time.time() < deadline and not logged_past_checkpoint():
+    while proc.poll() is None and time.time() < deadline and not stopped_past_checkpoint():
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
