@@ -98,6 +98,15 @@ def test_bad_files_each_get_one_line(tmp_path):
     )
 
 
+def test_a_ragged_row_that_is_not_utf8_is_named_and_nothing_else_printed(tmp_path, capfd):
+    # pyarrow decodes a ragged row's text as UTF-8 for its handler; a byte that is not
+    # UTF-8 made that fail inside pyarrow ("Exception ignored" on stderr) and the row unnamed.
+    assert _error(tmp_path, b"a,b\n1,2\n3,4,\xe9\n6,7\n") == (
+        "FILE: row 3 (3 fields) does not have the header's 2 fields (delimiter ','; rows counted with the header as row 1)"
+    )
+    assert capfd.readouterr().err == ""
+
+
 def test_a_file_of_another_kind_is_named_not_parsed(tmp_path):
     """An image, a spreadsheet or a UTF-16 export given as a table: what it is, not a CSV
     parse error or advice to try latin-1."""

@@ -256,7 +256,12 @@ def _ragged_rows(path: Path, compression: str | None, parse: Any, read: Any) -> 
     options = pcsv.ParseOptions(
         delimiter=parse.delimiter, newlines_in_values=True, invalid_row_handler=note, quote_char=parse.quote_char
     )
-    single = pcsv.ReadOptions(use_threads=False, encoding=read.encoding)
+    # pyarrow hands the handler each row as text decoded as UTF-8: a ragged row holding a byte
+    # that is not UTF-8 fails inside pyarrow (printed as "Exception ignored", never raised) and
+    # goes unnamed. Read as latin-1 here instead: every byte is a character, and the ASCII
+    # delimiters, quotes and newlines that decide a row's field count stay where they were.
+    encoding = "latin-1" if _is_utf8(read.encoding) else read.encoding
+    single = pcsv.ReadOptions(use_threads=False, encoding=encoding)
     try:
         pcsv.read_csv(_source(path, compression), read_options=single, parse_options=options)
     except Exception:
