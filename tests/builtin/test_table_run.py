@@ -297,6 +297,21 @@ def test_rows_predict_cannot_encode_get_one_line(label_run, tmp_path, cli):
     assert "did you mean 'x_2'" in cli("predict", result["run_dir"], tmp_path / "bad0.csv")[2]
 
 
+def test_a_value_beyond_float32_once_standardised_is_one_line_not_a_numpy_warning(label_run, tmp_path, cli):
+    import warnings
+
+    result, _ = label_run
+    columns = without(rule_columns(20, seed=2), "label", "price")
+    path = write_csv(tmp_path / "far.csv", {**columns, "x3": columns["x3"][:6] + [1e300] + columns["x3"][7:]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "overflow encountered in cast" would be a second line
+        code, out, err = cli("predict", result["run_dir"], path)
+    assert code == 2 and err.strip().splitlines() == [
+        f"error: {path}: column 'x3' holds values too far from the training rows' to encode as float32 "
+        "(row 8: 1e+300); rescale the column"
+    ]
+
+
 def test_predict_without_the_runs_fill_for_missing_values_names_the_rows(tmp_path, cli):
     path = write_csv(tmp_path / "train.csv", without(rule_columns(200), "price"))
     run = trainkit.train(table_config(tmp_path, path, "label"), quiet=True)["run_dir"]  # data.missing: error

@@ -284,12 +284,21 @@ def encode_inputs(raw: Raw, rows: Any, plan: Plan, what: str) -> Any:
             at += len(vocabulary)
         else:
             x = raw.numbers(name)[rows]
-            z = ((x - plan.mean[name]) / plan.std[name]).astype(np.float32)
+            z = _standardised(x, plan.mean[name], plan.std[name])
             z[np.isnan(x)] = 0.0  # data.missing: mean (other modes left no missing cell here)
             _check_range(file, name, rows, z, x)
             inputs[:, at] = z
             at += 1
     return inputs
+
+
+def _standardised(x: Any, mean: float, std: float) -> Any:
+    """(x - mean) / std as float32; a value beyond float32's range becomes inf, which
+    _check_range then reports (numpy's own overflow warning would be a second, vaguer line)."""
+    import numpy as np
+
+    with np.errstate(over="ignore"):
+        return ((x - mean) / std).astype(np.float32)
 
 
 def _check_range(file: TableFile, name: str, rows: Any, z: Any, x: Any) -> None:
@@ -322,6 +331,6 @@ def _targets(raw: Raw, rows: Any, plan: Plan, what: str) -> Any:
         return codes.astype(np.int64)
     assert plan.target_mean is not None and plan.target_std is not None  # regression plans have both
     y = raw.numbers(plan.target)[rows]
-    z = ((y - plan.target_mean) / plan.target_std).astype(np.float32)
+    z = _standardised(y, plan.target_mean, plan.target_std)
     _check_range(file, plan.target, rows, z, y)
     return z.reshape(-1, 1)
