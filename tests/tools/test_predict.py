@@ -100,6 +100,18 @@ def test_text_output_and_top_k(cli, trained):
     assert len(_predict_json(cli, trained["ckpt"], trained["images"][0], "--top-k", "10")[0]["predictions"]) == 4
 
 
+def test_text_output_escapes_what_a_folder_or_column_name_may_hold():
+    """Class names are folder names or a table's values: a newline or a terminal escape in one
+    must not split a line or reach the terminal (--json keeps them as they are)."""
+    from trainkit.tools.predict import format_predictions
+
+    class_ = {"class": "a\nb\x1b[31m", "index": 0, "probability": 0.5}
+    image = {"image": "x\ny/0.png", "inverted": False, "auto_inverted": False, "predictions": [class_]}
+    assert format_predictions([image]) == "x\\ny/0.png: a\\nb\\x1b[31m 50.0%"
+    rows = [{"file": "t\r.csv", "row": 2, "predictions": [class_]}, {"file": "t.csv", "row": 3, "prediction": 1.5}]
+    assert format_predictions(rows) == "t\\r.csv row 2: a\\nb\\x1b[31m 50.0%\nt.csv row 3: 1.5"
+
+
 def test_other_sizes_modes_and_formats_are_converted(cli, trained, tmp_path):
     from trainkit.tools.predict import read_image
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from trainkit import inputfiles
-from trainkit.errors import UsageError
+from trainkit.errors import UsageError, one_line
 from trainkit.training.batches import Batches
 from trainkit.training.data import DatasetInfo, TensorSplit, border_mean
 from trainkit.training.restore import load_trained
@@ -131,11 +131,14 @@ def format_predictions(results: list[dict[str, Any]]) -> str:
         from trainkit.tools.predict_table import format_rows
 
         return format_rows(results)
-    return "\n".join(
-        f"{r['image']}{_inverted_note(r)}: "
-        + ", ".join(f"{p['class']} {100 * p['probability']:.1f}%" for p in r["predictions"])
-        for r in results
-    )
+    return "\n".join(f"{one_line(r['image'])}{_inverted_note(r)}: {format_classes(r)}" for r in results)
+
+
+def format_classes(result: dict[str, Any]) -> str:
+    """'7 98.2%, 1 1.1%'. A class name is a folder name or a table's value, so it may hold a
+    newline or a terminal escape: escaped here, so that a line stays one line (--json keeps
+    the names as they are)."""
+    return ", ".join(f"{one_line(p['class'])} {100 * p['probability']:.1f}%" for p in result["predictions"])
 
 
 def _inverted_note(result: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from trainkit.errors import CheckpointError, DataContentError
+from trainkit.errors import CheckpointError, DataContentError, one_line
 from trainkit.training.restore import Trained
 
 CHUNK = 4096  # rows per forward pass
@@ -110,11 +110,10 @@ def _results(file: Any, outputs: torch.Tensor, plan: Any, top_k: int) -> list[di
 
 def format_rows(results: list[dict[str, Any]]) -> str:
     """One line per row: 'new.csv row 2: yes 97.1%, no 2.9%', or 'new.csv row 2: 12.5'."""
+    from trainkit.tools.predict import format_classes
+
     lines = []
     for r in results:
-        if "prediction" in r:
-            lines.append(f"{r['file']} row {r['row']}: {r['prediction']:.6g}")
-        else:
-            shown = ", ".join(f"{p['class']} {100 * p['probability']:.1f}%" for p in r["predictions"])
-            lines.append(f"{r['file']} row {r['row']}: {shown}")
+        shown = f"{r['prediction']:.6g}" if "prediction" in r else format_classes(r)
+        lines.append(f"{one_line(r['file'])} row {r['row']}: {shown}")
     return "\n".join(lines)
