@@ -102,7 +102,8 @@ def test_a_ragged_row_that_is_not_utf8_is_named_and_nothing_else_printed(tmp_pat
     # pyarrow decodes a ragged row's text as UTF-8 for its handler; a byte that is not
     # UTF-8 made that fail inside pyarrow ("Exception ignored" on stderr) and the row unnamed.
     assert _error(tmp_path, b"a,b\n1,2\n3,4,\xe9\n6,7\n") == (
-        "FILE: row 3 (3 fields) does not have the header's 2 fields (delimiter ','; rows counted with the header as row 1)"
+        "FILE: row 3 (3 fields) does not have the header's 2 fields "
+        "(delimiter ','; rows counted with the header as row 1)"
     )
     assert capfd.readouterr().err == ""
 

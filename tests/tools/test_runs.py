@@ -46,6 +46,24 @@ def test_complete_run_in_table_and_json(cli, tmp_path):
     assert run["step"] == result["step"] and abs(run["updated"] - time.time()) < 600
 
 
+def test_a_hand_edited_config_or_an_odd_folder_name_is_still_one_row(cli, tmp_path):
+    """What is on disk is whatever a user left there: a model named 5 in config.yaml, a folder
+    name holding a newline. Each is still one row of the table, not a traceback."""
+    import shutil
+
+    run_dir = train_tiny(tmp_path)["run_dir"]
+    odd = tmp_path / "ckpt" / "odd\nname"
+    shutil.copytree(run_dir, odd)
+    config = (odd / "config.yaml").read_text()
+    (odd / "config.yaml").write_text(
+        config.replace("name: cnn", "name: 5").replace("name: synthetic_images", 'name: "a\\x1bb"')
+    )
+    code, out, err = cli("runs", tmp_path / "ckpt")
+    assert code == 0, err
+    rows = sorted(out.splitlines()[1:])
+    assert [row.split()[:3] for row in rows] == [["odd\\nname", "5", "a\\x1bb"], ["tiny", "cnn", "synthetic_images"]]
+
+
 def test_default_dir_is_checkpoints_and_runs_are_sorted_newest_first(cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     train_tiny(tmp_path, checkpoint={"dir": "checkpoints"}, name="older")

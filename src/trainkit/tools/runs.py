@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from trainkit.errors import UsageError
+from trainkit.errors import UsageError, one_line
 from trainkit.runfolder.layout import CONFIG, LATEST, RUN_MARKERS
 from trainkit.runfolder.lock import is_locked
 from trainkit.runfolder.runlog import read_json, read_records, read_status
@@ -130,7 +130,10 @@ def _cells(run: dict[str, Any]) -> list[str]:
     if isinstance(run["best_metric"], (int, float)):
         best = f"{run['monitor'] or 'metric'} {run['best_metric']:.4f}"
     updated = time.strftime("%Y-%m-%d %H:%M", time.localtime(run["updated"])) if run["updated"] else "-"
-    return [run["name"], run["model"] or "?", run["dataset"] or "?", epochs, best, run["status"], updated]
+    cells = [run["name"], run["model"] or "?", run["dataset"] or "?", epochs, best, run["status"], updated]
+    # A folder's name and its config.yaml's values are whatever is on disk (a config edited by
+    # hand may name a model 5): each cell is one line of text.
+    return [one_line(cell) for cell in cells]
 
 
 def format_table(runs: list[dict[str, Any]]) -> str:
