@@ -84,6 +84,20 @@ def test_without_matplotlib_says_how_to_install(cli, tmp_path, two_runs, monkeyp
     assert not (tmp_path / "x.png").exists()
 
 
+def test_damaged_lines_of_the_metrics_are_left_out_the_rest_is_read(two_runs, tmp_path):
+    """A line cut short by a kill -9, or bytes damaged on disk (not even UTF-8), in the middle."""
+    import shutil
+
+    from trainkit.runfolder.runlog import read_records
+
+    run = tmp_path / "run"
+    shutil.copytree(two_runs[0], run)
+    lines = (run / "metrics.jsonl").read_bytes().splitlines(keepends=True)
+    damaged = lines[:2] + [b'{"type": "ep\xff\xfe\n', b"\x80[1, 2]\n"] + lines[2:]
+    (run / "metrics.jsonl").write_bytes(b"".join(damaged))
+    assert read_records(run) == read_records(two_runs[0]) and len(read_records(run)) == len(lines)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -92,11 +106,14 @@ def test_without_matplotlib_says_how_to_install(cli, tmp_path, two_runs, monkeyp
         (["{run}", "-o", "{tmp}/no/such/dir/c.png"], "cannot write"),
         (["{run}", "--width", "20"], "too small"),
         (["{tmp}/empty"], "holds no training records"),
+        (["{tmp}/damaged"], "holds no training records"),
     ],
 )
 def test_bad_input_exits_2(cli, tmp_path, two_runs, args, message):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "metrics.jsonl").write_text("")
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "metrics.jsonl").write_bytes(b"\xff\xfe not even UTF-8\n")
     args = [a.format(tmp=tmp_path, run=two_runs[0]) for a in args]
     code, out, err = cli("plot", *args)
     assert code == 2 and out == ""

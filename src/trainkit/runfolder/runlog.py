@@ -74,11 +74,16 @@ class RunLog:
 
 
 def read_records(run_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
+    """The records of a run's metrics.jsonl, in order; a line that is not a JSON object (cut
+    short by a kill -9, or damaged on disk: bytes that are not even UTF-8) is left out, and a
+    file that cannot be read at all is no records (a resume then fails opening it to append)."""
     path = Path(run_dir) / METRICS
-    if not path.exists():
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError:
         return []
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except ValueError:
