@@ -57,6 +57,33 @@ def test_flat_layout_needs_test_fraction_and_splits_each_class_by_seed(tmp_path)
     assert np.bincount(a.train.labels).tolist() == [15, 15, 15]
 
 
+def test_small_classes_share_the_test_fraction_rounded_together(tmp_path):
+    """Few images per class: each class rounded on its own gave 4 classes of 4 at 0.1 no test
+    image at all, and classes of 2 at 0.25 half their images."""
+    root = write_folder(tmp_path / "four", train=4, test=0, classes=10, layout="flat")
+    bundle = build(root, tmp_path, test_fraction=0.1)
+    assert len(bundle.test) == 4 and len(bundle.train) == 36  # round(0.1 * 40)
+    assert np.bincount(bundle.test.labels, minlength=10).max() == 1  # one from each of 4 classes
+    root = write_folder(tmp_path / "two", train=2, test=0, classes=10, layout="flat")
+    bundle = build(root, tmp_path, test_fraction=0.25)
+    assert len(bundle.test) == 5 and np.bincount(bundle.train.labels).min() == 1  # each class keeps one
+
+
+def test_stratified_counts_total_the_fraction_and_leave_every_class_a_training_item():
+    from trainkit.builtin.split import stratified_counts
+
+    assert stratified_counts(np.array([20, 20, 20]), 0.25).tolist() == [5, 5, 5]
+    assert stratified_counts(np.array([3, 3, 3, 3]), 0.25).tolist() == [1, 1, 1, 0]  # 3 in all, ties in order
+    assert stratified_counts(np.array([1, 1, 10]), 0.5).tolist() == [0, 0, 6]  # classes of one stay in training
+    assert stratified_counts(np.array([0, 7]), 0.3).tolist() == [0, 2]  # a class left with no readable file
+    sizes = np.random.default_rng(0).integers(2, 50, size=200)
+    for fraction in (0.01, 0.1, 0.33, 0.9):
+        counts = stratified_counts(sizes, fraction)
+        floor = np.minimum(np.floor(fraction * sizes), sizes - 1)
+        assert (counts <= sizes - 1).all() and ((counts == floor) | (counts == floor + 1)).all()
+        assert counts.sum() == round(fraction * sizes.sum())
+
+
 def test_test_fraction_with_a_test_folder_is_refused(tmp_path):
     root = write_folder(tmp_path / "data", train=3, test=1, classes=2)
     with pytest.raises(ConfigError, match="has its own test/ folder; remove test_fraction"):

@@ -32,6 +32,7 @@ from trainkit.builtin.image_index import (
     table_record,
 )
 from trainkit.builtin.image_sources import CachedImages, ImageFiles
+from trainkit.builtin.split import stratified_counts
 from trainkit.errors import BadDataFileError, ConfigError, DataError, DataLayoutError
 from trainkit.training.data import DataBundle, DatasetInfo
 from trainkit.training.loader import parallel_map
@@ -141,12 +142,12 @@ def _size_default(probes: Any, ok: np.ndarray) -> tuple[int, int]:
 
 
 def _stratified(labels: np.ndarray, ok: np.ndarray, n_classes: int, fraction: float, seed: int) -> np.ndarray:
-    """Per class, a seeded round(fraction * n) of its files for test (at least one left to train)."""
+    """Per class, a seeded draw of its share of the test files (see split.py)."""
     rng = np.random.Generator(np.random.PCG64(mix_seed(seed, 0x7E57)))
     use = np.full(len(labels), EXCLUDED, dtype=np.int8)
-    for c in range(n_classes):
-        rows = np.flatnonzero(ok & (labels == c))
-        n_test = min(len(rows) - 1, int(np.floor(fraction * len(rows) + 0.5))) if len(rows) > 1 else 0
+    members = [np.flatnonzero(ok & (labels == c)) for c in range(n_classes)]
+    counts = stratified_counts(np.array([len(rows) for rows in members]), fraction)
+    for rows, n_test in zip(members, counts.tolist(), strict=True):
         use[rows] = TRAIN
         use[rows[rng.permutation(len(rows))[:n_test]]] = TEST
     return use

@@ -136,11 +136,11 @@ def report_missing(raw: Raw, columns: Columns, rows: Any, target_only: bool) -> 
 
 
 def split_rows(rows: Any, labels: Any | None, fraction: float, seed: int) -> Any:
-    """The test rows among `rows` (sorted): a seeded draw, stratified by `labels` if given.
-
-    Stratified: each class gives its share of the test rows, the total rounded to
-    round(fraction * rows) by largest remainder, and every class keeps a training row."""
+    """The test rows among `rows` (sorted): a seeded draw, stratified by `labels` if given
+    (see split.py)."""
     import numpy as np
+
+    from trainkit.builtin.split import stratified_counts
 
     generator = np.random.default_rng([seed, 0x7AB1E])  # its own stream: nothing else shifts the split
     if labels is None:
@@ -148,16 +148,7 @@ def split_rows(rows: Any, labels: Any | None, fraction: float, seed: int) -> Any
         return np.sort(generator.permutation(rows)[:count])
     codes = labels[rows]
     classes = np.unique(codes)
-    sizes = np.array([(codes == c).sum() for c in classes])
-    exact = fraction * sizes
-    counts = np.minimum(np.floor(exact).astype(int), sizes - 1)
-    short = round(fraction * len(rows)) - counts.sum()
-    for c in np.argsort(-(exact - counts), kind="stable"):
-        if short <= 0:
-            break
-        if counts[c] < sizes[c] - 1:
-            counts[c] += 1
-            short -= 1
+    counts = stratified_counts(np.array([(codes == c).sum() for c in classes]), fraction)
     picked = [generator.permutation(rows[codes == c])[:k] for c, k in zip(classes, counts, strict=True)]
     return np.sort(np.concatenate(picked)) if picked else np.array([], dtype=np.int64)
 
