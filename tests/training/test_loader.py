@@ -118,6 +118,60 @@ def test_an_exception_in_a_dataset_is_one_line_naming_the_sample(workers):
         epoch(batches)
 
 
+class Odd(Noisy):
+    """Sample 5 is what a data set may hand back by mistake; the others are fine."""
+
+    def __init__(self, odd):
+        super().__init__(12)
+        self.odd = odd
+
+    def __getitem__(self, i: int):
+        return self.odd if i == 5 else super().__getitem__(i)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_sample_that_cannot_join_its_batch_is_named(workers):
+    """Not torch.stack's "entry 1", nor the loss's IndexError after the batch was built."""
+    cases = [
+        (
+            (torch.zeros(1, 5, 5), 0),
+            "its input has shape (1, 5, 5), sample 4's (1, 4, 4); a batch stacks its inputs, so",
+        ),
+        (("x", 0), "its input is a str, not a tensor or an array"),
+        (None, "is None, not an (input, target) pair"),
+        ({"image": torch.zeros(1, 4, 4), "label": 0}, "is a dict, not an (input, target) pair"),
+        ((torch.zeros(1, 4, 4), 3), "its target 3 is not a class index (num_classes is 3: 0 to 2)"),
+        ((torch.zeros(1, 4, 4), -1), "its target -1 is not a class index (num_classes is 3: 0 to 2)"),
+        ((torch.zeros(1, 4, 4), "cat"), "its target is a str, not a number, an array or a tensor"),
+        ((torch.zeros(1, 4, 4), np.array([1, 2])), "its target has shape (2,), sample 4's (); a batch stacks"),
+    ]
+    for odd, message in cases:
+        batches = Batches(Odd(odd), INFO, 4, CPU, train=False, num_workers=workers)
+        with pytest.raises(DataLoaderError) as info:
+            epoch(batches)
+        assert str(info.value).startswith("sample 5 of the data set") and message in str(info.value), odd
+
+
+def test_numpy_samples_are_float32_batches_with_their_targets():
+    """numpy's float64 (its default) meets float32 weights; numpy scalars and arrays as targets."""
+
+    class Numpy(Noisy):
+        def __getitem__(self, i: int):
+            return np.full((1, 4, 4), i, dtype=np.float64), (np.float64(i / 2), np.array([i, i]))[i % 2]
+
+    regression = DatasetInfo("regression", (1, 4, 4), None)
+    batches = Batches(Numpy(4), regression, 2, CPU, train=False, num_workers=0)
+    with pytest.raises(DataLoaderError, match="sample 1 of the data set: its target has shape"):
+        epoch(batches)
+
+    class Scalars(Noisy):
+        def __getitem__(self, i: int):
+            return np.full((1, 4, 4), i, dtype=np.float64), np.float64(i / 2)
+
+    (x, y), *_ = epoch(Batches(Scalars(4), regression, 4, CPU, train=False, num_workers=0))
+    assert x.dtype == torch.float32 and x[:, 0, 0, 0].tolist() == [0, 1, 2, 3] and y.tolist() == [0, 0.5, 1, 1.5]
+
+
 @pytest.mark.slow
 def test_a_worker_killed_by_the_system_is_named_with_its_signal():
     batches = Batches(Dying(), INFO, 4, CPU, train=False, num_workers=2)

@@ -72,7 +72,12 @@ class Batches:
             std = torch.tensor(info.std, device=device).view(shape)
             mean = torch.tensor(info.mean, device=device).view(shape)
             self._scale, self._shift = 1.0 / (255.0 * std), -mean / std
-        self.loader = None if self.in_memory else Loader(source, num_workers=num_workers, device=device, seed=seed)
+        classes = info.num_classes if info.task == "classification" else None
+        self.loader = (
+            None
+            if self.in_memory
+            else Loader(source, num_workers=num_workers, device=device, seed=seed, classes=classes)
+        )
 
     def __len__(self) -> int:
         return self.num_batches
@@ -110,7 +115,7 @@ class Batches:
     def _convert(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8 and self._scale is not None and self._shift is not None:
             return torch.addcmul(self._shift, x.float(), self._scale)
-        return x if x.is_floating_point() else x.float()
+        return x.float()  # float32 like the models' weights (a data set's numpy float64 too); no copy if it is
 
 
 class Augment:

@@ -90,6 +90,7 @@ class DataBundle:
         resumes: before each `dataset[i]`, torch's, numpy's and Python's global generators
         are seeded from (seed, epoch, i) (`trainkit.training.loader.current_sample()` says
         which), so draw from them, or seed your own generator with `torch.initial_seed()`."""
-        sample = train[0][0]
-        shape = tuple(torch.as_tensor(sample).shape)
+        from trainkit.training.loader import sample_input
+
+        shape = tuple(sample_input(train[0], 0).shape)
         return cls(DatasetInfo(task, shape, num_classes, class_names=class_names), train, test)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, get_worker_info
 
-from trainkit.errors import BadDataFileError, DataLoaderError, OutOfMemoryError, TrainkitError
+from trainkit.errors import BadDataFileError, DataContentError, DataLoaderError, OutOfMemoryError, TrainkitError
 from trainkit.training.data import TensorSplit
 from trainkit.training.rng import mix_seed
 
@@ -135,19 +135,70 @@ def _failure(exc: BaseException, what: str) -> _Failure:
     return _Failure("data", f"{what} failed: {type(exc).__name__}{': ' + text if text else ''}{where}")
 
 
-def _collate(samples: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.stack([torch.as_tensor(s[0]) for s in samples])
+def _what(value: Any) -> str:
+    return "None" if value is None else f"a {type(value).__name__}"
+
+
+def sample_input(sample: Any, index: int) -> torch.Tensor:
+    """A user data set's sample `index` is an (input, target) pair: its input as a tensor,
+    or a DataContentError naming the sample (not torch.stack's error about "entry 10")."""
+    if not isinstance(sample, (tuple, list)) or len(sample) != 2:
+        raise DataContentError(f"sample {index} of the data set is {_what(sample)}, not an (input, target) pair")
+    try:
+        return torch.as_tensor(sample[0])
+    except (TypeError, ValueError, RuntimeError):
+        raise DataContentError(
+            f"sample {index} of the data set: its input is {_what(sample[0])}, not a tensor or an array"
+        ) from None
+
+
+def _stack_targets(targets: list[Any], indices: list[int]) -> torch.Tensor:
+    """Numbers, numpy scalars and arrays, tensors: one tensor each, stacked (numpy arrays one
+    by one: a list of them is torch's slow path, and it warns)."""
+    ys = []
+    for t, i in zip(targets, indices, strict=True):
+        try:
+            ys.append(torch.as_tensor(t))
+        except (TypeError, ValueError, RuntimeError):
+            raise DataContentError(
+                f"sample {i} of the data set: its target is {_what(t)}, not a number, an array or a tensor"
+            ) from None
+    for y, i in zip(ys, indices, strict=True):
+        if y.shape != ys[0].shape:
+            raise DataContentError(
+                f"sample {i} of the data set: its target has shape {tuple(y.shape)}, sample {indices[0]}'s "
+                f"{tuple(ys[0].shape)}; a batch stacks its targets, so they need one shape"
+            )
+    return torch.stack(ys)
+
+
+def _collate(samples: list[Any], indices: list[int], classes: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch of a user data set's samples; a sample that cannot join it is named."""
+    inputs = [sample_input(s, i) for s, i in zip(samples, indices, strict=True)]
+    for x, i in zip(inputs, indices, strict=True):
+        if x.shape != inputs[0].shape:
+            raise DataContentError(
+                f"sample {i} of the data set: its input has shape {tuple(x.shape)}, sample {indices[0]}'s "
+                f"{tuple(inputs[0].shape)}; a batch stacks its inputs, so they need one shape"
+            )
     targets = [s[1] for s in samples]
-    if all(isinstance(t, torch.Tensor) and t.dim() > 0 for t in targets):
-        return x, torch.stack(targets)
-    return x, torch.as_tensor([t.item() if isinstance(t, torch.Tensor) else t for t in targets])
+    y = torch.tensor(targets) if all(type(t) is int for t in targets) else _stack_targets(targets, indices)
+    if classes is not None and y.dim() == 1 and not y.is_floating_point():
+        outside = torch.nonzero((y < 0) | (y >= classes)).flatten()
+        if len(outside):
+            k = int(outside[0])
+            raise DataContentError(
+                f"sample {indices[k]} of the data set: its target {int(y[k])} is not a class index "
+                f"(num_classes is {classes}: 0 to {classes - 1})"
+            )
+    return torch.stack(inputs), y
 
 
 class _Reader(torch.utils.data.Dataset):
     """Reads one planned batch: key (epoch, indices) -> ("ok", x, y, skipped) or a _Failure."""
 
-    def __init__(self, source: Any, seed: int):
-        self.source, self.seed = source, seed
+    def __init__(self, source: Any, seed: int, classes: int | None = None):
+        self.source, self.seed, self.classes = source, seed, classes
         self.batch_reader = getattr(source, "read_batch", None)
 
     def __len__(self) -> int:
@@ -186,7 +237,7 @@ class _Reader(torch.utils.data.Dataset):
                 torch.set_rng_state(saved[0])
                 random.setstate(saved[1])
                 np.random.set_state(saved[2])
-        return _collate(samples)
+        return _collate(samples, indices.tolist(), self.classes)
 
 
 class _Plan:
@@ -298,10 +349,12 @@ class Loader:
     """Reads planned batches of one split of a map-style data set, in worker processes
     (started once and kept across epochs) or, with num_workers=0, in this process."""
 
-    def __init__(self, source: Any, *, num_workers: int, device: torch.device, seed: int):
+    def __init__(self, source: Any, *, num_workers: int, device: torch.device, seed: int, classes: int | None = None):
+        """`classes`: a classification's class count, to check a user data set's targets against."""
         self.source, self.num_workers = source, num_workers
         self._plan = _Plan()
-        self._loader = _data_loader(_Reader(source, seed), self._plan, num_workers, device.type == "cuda", True)
+        reader = _Reader(source, seed, classes)
+        self._loader = _data_loader(reader, self._plan, num_workers, device.type == "cuda", True)
         self._iterator: Iterator[Any] | None = None
         self._warned: set[str] = set()
 
