@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import trainkit
-from conftest import assert_same_tensors, load_ckpt, tiny_config
+from conftest import assert_same_tensors, load_ckpt, tiny_config, write_config
+from trainkit import DATASETS
+from trainkit.builtin.datasets import synthetic_images
 
 
 def _records(run_dir, kind):
@@ -153,6 +155,34 @@ def test_a_data_sets_record_is_saved_and_handed_back_on_resume_and_eval(tmp_path
     trainkit.evaluate(result["run_dir"])
     assert seen[0] is None and all(torch.equal(r["drawn"], torch.tensor([0, 7])) for r in seen[1:])
     assert len(seen) == 3
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda s: s.targets.__setitem__(5, 4), "its training split: target 4 of sample 5 is not a class index "
+         "(num_classes is 4: 0 to 3)"),
+        (lambda s: s.targets.__setitem__(2, -1), "its training split: target -1 of sample 2 is not a class index "
+         "(num_classes is 4: 0 to 3)"),
+        (lambda s: setattr(s, "targets", s.targets[:30]), "its training split has 32 inputs but 30 targets"),
+        (lambda s: setattr(s, "targets", s.targets.float()), "its training split has torch.float32 targets; class "
+         "indices are integers (torch.long)"),
+    ],
+)  # fmt: skip
+def test_a_builders_split_that_does_not_fit_its_info_is_one_line(tmp_path, isolated_registries, cli, edit, message):
+    """Out-of-range class indices were an IndexError traceback from the loss; fewer targets than
+    inputs trained on part of the inputs without a word."""
+
+    @DATASETS.register("edited_images")
+    def edited_images(seed: int):
+        bundle = synthetic_images(seed=seed, n_train=32, n_test=16, size=8, num_classes=4)
+        edit(bundle.train)
+        return bundle
+
+    config = tiny_config(tmp_path, data={"name": "edited_images", "batch_size": 16})
+    config["data"] = {k: v for k, v in config["data"].items() if k in ("name", "batch_size", "eval_batch_size")}
+    code, out, err = cli("train", write_config(tmp_path / "c.yaml", config))
+    assert code == 2 and err.strip().splitlines() == [f"error: dataset 'edited_images': {message}"]
 
 
 def test_sinks_receive_every_record_and_checkpoint_and_the_end(tmp_path):

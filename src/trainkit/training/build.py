@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from trainkit.config import ExperimentConfig, check_metric_for_task
-from trainkit.errors import ConfigError, TrainkitError
+from trainkit.errors import ConfigError, DataContentError, TrainkitError
 from trainkit.registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULERS
 from trainkit.training import finetune, hostmem, rng
 from trainkit.training.batches import Augment, Batches
@@ -56,7 +56,33 @@ def load_data(cfg: ExperimentConfig, record: dict[str, Any] | None = None) -> Da
         raise TrainkitError(
             f"dataset '{cfg.data.name}' is registered with task={declared!r} but built a {bundle.info.task} data set"
         )
+    for split, which in ((bundle.train, "training"), (bundle.test, "test")):
+        if isinstance(split, TensorSplit):
+            _check_split(split, bundle.info, f"dataset '{cfg.data.name}': its {which} split")
     return bundle
+
+
+def _check_split(split: TensorSplit, info: DatasetInfo, what: str) -> None:
+    """A builder's in-memory split, checked once (a user data set's batches are checked as they
+    are read, see loader._collate): wrong here, it would fail deep in the loss as a traceback,
+    or, with fewer targets than inputs, train on part of the inputs without a word."""
+    if len(split.inputs) != len(split.targets):
+        raise DataContentError(f"{what} has {len(split.inputs)} inputs but {len(split.targets)} targets")
+    y = split.targets
+    if info.task != "classification" or y.dim() != 1 or len(y) == 0:
+        return
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise DataContentError(f"{what} has {y.dtype} targets; class indices are integers (torch.long)")
+    classes = info.num_classes
+    if not classes:
+        return
+    outside = torch.nonzero((y < 0) | (y >= classes)).flatten()
+    if len(outside):
+        k = int(outside[0])
+        raise DataContentError(
+            f"{what}: target {int(y[k])} of sample {k} is not a class index "
+            f"(num_classes is {classes}: 0 to {classes - 1})"
+        )
 
 
 def build_model(
