@@ -51,6 +51,9 @@ def store(tmp_path_factory):
 def no_mlflow_environment(monkeypatch, tmp_path):
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "TRAINKIT_MLFLOW_PARENT_RUN_ID"):
         monkeypatch.delenv(name, raising=False)
+    for name in mlflow_sink.HTTP_RETRIES:  # unset, and unset again after the test (trainkit sets them)
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)  # MLflow puts a new experiment's artifacts in ./mlruns
 
 
@@ -318,14 +321,33 @@ def test_a_tracking_server_that_is_not_there_costs_the_run_nothing(cli, tmp_path
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")  # a user's own setting wins
     config = _config(tmp_path, f"http://127.0.0.1:{port}", "nowhere")
     code, out, err = cli("train", write_config(tmp_path / "m.yaml", config), "-q")
     assert code == 0, err
     assert f"warning: MLflow (http://127.0.0.1:{port}) failed (" in err
     assert f"warning: MLflow (http://127.0.0.1:{port}) did not get: the MLflow run, " in err
     assert load_ckpt(tmp_path / "ckpt" / "m" / "last.pt")["trackers"] == {"mlflow": {}}  # no run to continue
+    # MLflow's own 7 retries took 4 minutes before a call returned, while trainkit could not tell
+    # the server was away: the first checkpoint waited 30 s for a run id, the end 120 s
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+    assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "0"
+
+
+def test_a_rejected_tracking_uri_does_not_hold_up_the_first_checkpoint(tmp_path, monkeypatch):
+    """The first checkpoint waits for the MLflow run's id; once MLflow has refused to open the run
+    (here an unsupported URI), there is none to wait for."""
+    import threading
+
+    monkeypatch.setattr(mlflow_sink, "OPEN_WAIT", 3600.0)
+    sink = mlflow_sink.MlflowSink(mlflow_sink.MlflowConfig(tracking_uri="bogus://nowhere"))
+    sink.start(tmp_path, {"name": "m"}, 0)
+    states = []
+    waiting = threading.Thread(target=lambda: states.append(sink.state()), daemon=True)
+    waiting.start()
+    waiting.join(120)  # MLflow's import and its refusal take seconds; the bug waited the hour
+    assert not waiting.is_alive() and states == [{}]
+    sink.finish("complete", None)
 
 
 def _write_sweep(folder, **spec):

@@ -48,6 +48,20 @@ OPEN_WAIT = 30.0  # seconds the first checkpoint waits at most for the MLflow ru
 RETRY_SECONDS = 30.0  # between tries while MLflow is away
 PATIENCE = {"complete": 120.0}  # seconds without progress before the end stops waiting for MLflow
 PATIENCE_OTHERWISE = 20.0  # interrupted (maybe preempted, with a deadline) or failed: do not linger
+# MLflow retries a failed HTTP call itself, 7 times with growing pauses: about 4 minutes before
+# the call returns, while trainkit cannot tell that the server is away (so the first checkpoint
+# waited OPEN_WAIT for the run's id, and the end PATIENCE, for a server that was never up).
+# trainkit's worker tries again every RETRY_SECONDS anyway: MLflow's own retries are cut to 2,
+# 1 s apart, unless these variables are set (the user's values win).
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+def _client(uri: str) -> Any:
+    from mlflow import MlflowClient
+
+    for name, value in HTTP_RETRIES.items():
+        os.environ.setdefault(name, value)
+    return MlflowClient(tracking_uri=uri)
 
 
 def tracking_uri(settings: MlflowConfig) -> str:
@@ -117,6 +131,7 @@ class MlflowSink:
         # the run to continue: only where it was tracked (another store does not hold it)
         self.run_id: str | None = self.saved.get("run_id") if self.saved.get("tracking_uri") == self.uri else None
         self._opened = threading.Event()
+        self._open_tried = threading.Event()  # the first try to open ended, opened or not
         self._waited = False
         self._logged: dict[str, int] = {}  # metric -> last step MLflow already holds (a resumed run)
         self._known_params: dict[str, str] = {}  # the params a reopened run already has
@@ -175,18 +190,21 @@ class MlflowSink:
 
     def state(self) -> dict[str, Any]:
         """Saved in each checkpoint. The first one waits for the run's id (MLflow is being
-        imported and reached meanwhile), unless MLflow turned out to be away."""
+        imported and reached meanwhile), unless the first try to open the run failed."""
         if not self._opened.is_set() and not self._waited and self._worker is not None:
             self._waited = True
             deadline = time.monotonic() + OPEN_WAIT
-            while not self._opened.wait(0.05) and not self._worker.failing and time.monotonic() < deadline:
+            while not self._opened.wait(0.05) and not self._open_tried.is_set() and time.monotonic() < deadline:
                 pass
         return {"run_id": self.run_id, "tracking_uri": self.uri} if self.run_id else {}
 
     # -- the background thread
     def _handle(self, kind: str, payloads: list[Any]) -> None:
         if kind == "open":
-            self._open(*payloads[0])
+            try:
+                self._open(*payloads[0])
+            finally:  # failed (rejected, or the server away) or not: the first checkpoint need not wait
+                self._open_tried.set()
             return
         if self._client is None or self.run_id is None or not self._opened.is_set():
             raise _Rejected("there is no MLflow run to log to")
@@ -219,10 +237,8 @@ class MlflowSink:
             self._logged[metric.key] = max(self._logged.get(metric.key, -1), metric.step)
 
     def _open(self, config: dict[str, Any], step: int) -> None:
-        from mlflow import MlflowClient
-
         if self._client is None:
-            self._client = MlflowClient(tracking_uri=self.uri)
+            self._client = _client(self.uri)
         client = self._client
         if self.run_id is not None and not self._opened.is_set():
             self._known_params = self._continue(client, step)
@@ -289,9 +305,7 @@ def start_parent_run(
     Trials whose process has TRAINKIT_MLFLOW_PARENT_RUN_ID=<id> in its environment (or whose
     MlflowSink gets parent_run_id=<id>) become its children. Synchronous; raises TrainkitError."""
     try:
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=tracking_uri(settings))
+        client = _client(tracking_uri(settings))
         if run_id is not None:
             client.update_run(run_id, status="RUNNING")
             return run_id
@@ -310,9 +324,7 @@ def start_parent_run(
 def end_parent_run(settings: MlflowConfig, run_id: str, status: str = "FINISHED") -> None:
     """Mark a sweep's parent run FINISHED (or FAILED / KILLED)."""
     try:
-        from mlflow import MlflowClient
-
-        MlflowClient(tracking_uri=tracking_uri(settings)).set_terminated(run_id, status)
+        _client(tracking_uri(settings)).set_terminated(run_id, status)
     except Exception as exc:
         raise TrainkitError(
             f"MLflow ({tracking_uri(settings)}): cannot end the sweep's run: {first_line(exc)}"
