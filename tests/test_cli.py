@@ -154,6 +154,19 @@ def test_ls_lists_every_registry(cli):
     assert code == 2 and "unknown kind 'widgets'" in err
 
 
+def test_an_eof_error_is_a_traceback_not_clicks_aborted(cli, tmp_path, monkeypatch):
+    """Click prints a bare "Aborted!" for an EOFError; from a reader it is an unexpected failure."""
+    import trainkit.config
+
+    def empty_file(*args, **kwargs):
+        raise EOFError("No data left in file")
+
+    monkeypatch.setattr(trainkit.config, "load_config", empty_file)
+    with pytest.raises(RuntimeError, match="unexpected end of data: No data left in file") as info:
+        cli("validate", write_config(tmp_path / "c.yaml", tiny_config(tmp_path)))
+    assert isinstance(info.value.__cause__, EOFError)
+
+
 def test_python_dash_m_and_help_do_not_import_torch():
     env = subprocess_env()
     out = subprocess.run(TRAINKIT + ["--version"], capture_output=True, text=True, env=env)

@@ -143,6 +143,11 @@ def _call(fn: Callable[[], Any], quiet: bool = False) -> Any:
     except MemoryError:  # outside the API's own translation (e.g. while reading a huge config)
         _err("error: out of host memory")
         raise typer.Exit(1) from None
+    except EOFError as exc:
+        # Click answers an EOFError with a bare "Aborted!" (meant for a prompt on a closed
+        # stdin; trainkit has none): one from a reader (numpy's on an empty file, say) is an
+        # unexpected failure, and its traceback says where, like any other
+        raise RuntimeError(f"unexpected end of data: {exc}") from exc
 
 
 def _wait_for_local_rank_0(code: int) -> None:

@@ -227,7 +227,7 @@ def _open_existing(final: Path, shape: tuple[int, ...]) -> PixelCache | None:
         ok = pixels.shape == shape and pixels.dtype == np.uint8
         del pixels
         failed = {int(k): str(v) for k, v in json.loads((final / "failed.json").read_text()).items()}
-    except (OSError, ValueError, TypeError, AttributeError):
+    except Exception:  # whatever the damage (an emptied file is numpy's EOFError): decode again
         ok = False
     if not ok:
         log.warning("image_folder: the cache %s is damaged; decoding the images again", final)
