@@ -8,7 +8,7 @@ import threading
 import pytest
 from sweep_helpers import write_sweep
 
-from trainkit.errors import UsageError
+from trainkit.errors import TrainkitError, UsageError
 from trainkit.sweeps.spec import load_sweep
 from trainkit.sweeps.study import MAX_ATTEMPTS, RunLock, Study, quiet_optuna
 
@@ -133,3 +133,36 @@ def test_each_sampler_and_pruner_asks_and_prunes(tmp_path, sampler, pruner):
             study.complete(trial, value)
             lock.release()
         assert _claim(study, 2)[0] == "done"
+
+
+def test_a_journal_record_cut_short_is_dropped_and_the_study_goes_on(tmp_path, caplog):
+    """A writer stopped mid-append leaves a last record without its newline; Optuna glued the next
+    record onto it and the study could not be read again (a JSONDecodeError traceback)."""
+    sweep = _sweep(tmp_path, trials=4)
+    with quiet_optuna():
+        study = Study(sweep)
+        for _ in range(2):
+            _, trial, _, lock = _claim(study, sweep.trials)
+            study.complete(trial, 0.5)
+            lock.release()
+        journal = sweep.folder / "study.journal"
+        whole = journal.read_bytes()
+        journal.write_bytes(whole + b'{"op_code":4,"worker_id":"gone","trial_id":2,"param_na')
+        study = Study(sweep)  # and a third trial is asked for, written after the cut
+        _, trial, root, lock = _claim(study, sweep.trials)
+        study.complete(trial, 0.25)
+        lock.release()
+        runs = Study(sweep).runs()
+    assert [(r.root, r.status) for r in runs] == [(0, "complete"), (1, "complete"), (2, "complete")]
+    assert journal.read_bytes().startswith(whole)
+    assert any("its last record was cut short" in r.getMessage() for r in caplog.records)
+
+
+def test_a_damaged_journal_record_is_one_line_naming_the_journal(tmp_path):
+    sweep = _sweep(tmp_path, trials=2)
+    with quiet_optuna():
+        Study(sweep)
+        journal = sweep.folder / "study.journal"
+        journal.write_bytes(journal.read_bytes() + b'{"op_code":5,"worker\n')
+        with pytest.raises(TrainkitError, match=rf"^cannot open the study in {journal}: Invalid control character"):
+            Study(sweep)

@@ -175,6 +175,45 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): data}
 
 
+def _drop_unfinished_record(path: str) -> None:
+    """A writer stopped mid-append (a full disk, a kill) leaves the journal's last record without
+    its newline. Optuna glues the next record onto it, and from then on the study cannot be read
+    at all. Under the journal's own lock, which a live writer holds while it appends, that
+    unfinished record is cut off: it never took effect."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    lock = JournalFileSymlinkLock(path)
+    try:
+        lock.acquire()  # blocks while another process appends
+    except OSError:
+        return  # a read-only folder, say: not ours to repair, and Optuna reports what it finds
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            end = size
+            while end > 0:  # back to the last newline, a block at a time
+                start = max(0, end - 65536)
+                f.seek(start)
+                found = f.read(end - start).rfind(b"\n")
+                if found >= 0:
+                    end = start + found + 1
+                    break
+                end = start
+            f.truncate(end)
+            f.flush()
+            os.fsync(f.fileno())
+        log.warning("%s: its last record was cut short (a writer stopped mid-write); dropped it", path)
+    except OSError:
+        pass  # not ours to repair (read-only, say): Optuna reports what it finds
+    finally:
+        lock.release()
+
+
 class Study:
     """The sweep's Optuna study, shared by the threads of this process (one lock) and by every
     other process working on it (the claim lock)."""
@@ -198,6 +237,7 @@ class Study:
             raise TrainkitError(f"cannot create the sweep folder {self.folder}: {exc.strerror or exc}") from None
         if self.rdb is None:
             self.where = str(self.folder / layout.JOURNAL)
+            _drop_unfinished_record(self.where)
             storage: Any = JournalStorage(JournalFileBackend(self.where))
         else:
             storage = self.rdb
@@ -212,9 +252,11 @@ class Study:
                 sampler=self._sampler(0),
                 pruner=self._pruner(),
             )
-        except Exception as exc:  # the database refused us, mid-way
+            self._check_same_sweep()  # its first read of a journal may find a damaged record
+        except TrainkitError:
+            raise
+        except Exception as exc:  # the database refused us, mid-way, or a damaged journal
             raise TrainkitError(f"cannot open the study in {self.where}: {_first_line(exc)}") from None
-        self._check_same_sweep()
 
     # -- set-up
     def _database(self, url: str) -> Any:
