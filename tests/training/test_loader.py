@@ -171,6 +171,13 @@ def test_numpy_samples_are_float32_batches_with_their_targets():
     (x, y), *_ = epoch(Batches(Scalars(4), regression, 4, CPU, train=False, num_workers=0))
     assert x.dtype == torch.float32 and x[:, 0, 0, 0].tolist() == [0, 1, 2, 3] and y.tolist() == [0, 0.5, 1, 1.5]
 
+    class WithIds(Scalars):  # (input, target, id): what follows the pair is left alone, as before
+        def __getitem__(self, i: int):
+            return (*super().__getitem__(i), f"id-{i}")
+
+    (x, y), *_ = epoch(Batches(WithIds(4), regression, 4, CPU, train=False, num_workers=0))
+    assert y.tolist() == [0, 0.5, 1, 1.5]
+
 
 @pytest.mark.slow
 def test_a_worker_killed_by_the_system_is_named_with_its_signal():

@@ -23,7 +23,7 @@ from trainkit.training.batches import Augment, Batches
 from trainkit.training.data import DataBundle, DatasetInfo, TensorSplit, border_mean
 from trainkit.training.distributed import DistContext, resolve_device
 from trainkit.training.initweights import init_from
-from trainkit.training.loader import default_num_workers, place
+from trainkit.training.loader import default_num_workers, first_outside, place
 from trainkit.training.loop import Run
 
 log = logging.getLogger("trainkit")
@@ -74,11 +74,7 @@ def _check_split(split: TensorSplit, info: DatasetInfo, what: str) -> None:
     if y.is_floating_point() or y.dtype == torch.bool:
         raise DataContentError(f"{what} has {y.dtype} targets; class indices are integers (torch.long)")
     classes = info.num_classes
-    if not classes:
-        return
-    outside = torch.nonzero((y < 0) | (y >= classes)).flatten()
-    if len(outside):
-        k = int(outside[0])
+    if classes and (k := first_outside(y, classes)) is not None:
         raise DataContentError(
             f"{what}: target {int(y[k])} of sample {k} is not a class index "
             f"(num_classes is {classes}: 0 to {classes - 1})"

@@ -142,7 +142,7 @@ def _what(value: Any) -> str:
 def sample_input(sample: Any, index: int) -> torch.Tensor:
     """A user data set's sample `index` is an (input, target) pair: its input as a tensor,
     or a DataContentError naming the sample (not torch.stack's error about "entry 10")."""
-    if not isinstance(sample, (tuple, list)) or len(sample) != 2:
+    if not isinstance(sample, (tuple, list)) or len(sample) < 2:  # more (an id, say) are left alone
         raise DataContentError(f"sample {index} of the data set is {_what(sample)}, not an (input, target) pair")
     try:
         return torch.as_tensor(sample[0])
@@ -183,15 +183,21 @@ def _collate(samples: list[Any], indices: list[int], classes: int | None) -> tup
             )
     targets = [s[1] for s in samples]
     y = torch.tensor(targets) if all(type(t) is int for t in targets) else _stack_targets(targets, indices)
-    if classes is not None and y.dim() == 1 and not y.is_floating_point():
-        outside = torch.nonzero((y < 0) | (y >= classes)).flatten()
-        if len(outside):
-            k = int(outside[0])
-            raise DataContentError(
-                f"sample {indices[k]} of the data set: its target {int(y[k])} is not a class index "
-                f"(num_classes is {classes}: 0 to {classes - 1})"
-            )
+    if classes is not None and y.dim() == 1 and (k := first_outside(y, classes)) is not None:
+        raise DataContentError(
+            f"sample {indices[k]} of the data set: its target {int(y[k])} is not a class index "
+            f"(num_classes is {classes}: 0 to {classes - 1})"
+        )
     return torch.stack(inputs), y
+
+
+def first_outside(targets: torch.Tensor, classes: int) -> int | None:
+    """The position of the first integer target that is no class index (0 to classes - 1);
+    None when there is none, or the targets are not integers (a loss takes probabilities too)."""
+    if targets.is_floating_point():
+        return None
+    outside = torch.nonzero((targets < 0) | (targets >= classes)).flatten()
+    return int(outside[0]) if len(outside) else None
 
 
 class _Reader(torch.utils.data.Dataset):
