@@ -134,6 +134,35 @@ def test_bad_format_and_paths_exit_2(cli, trained, tmp_path):
     assert not list(tmp_path.glob("*.pt2")) and not list(tmp_path.glob(".*tmp*"))
 
 
+def test_export_replaces_only_its_own_files(cli, trained, tmp_path):
+    """-o naming a config or a checkpoint by mistake overwrote it; a file an export wrote is
+    replaced, as a second export to the same path should."""
+    _, ckpt = trained
+    config = tmp_path / "experiment.yaml"
+    config.write_text("name: mine\n")
+    code, out, err = cli("export", "--ckpt", ckpt, "-o", config)
+    assert code == 2 and err.strip() == (
+        f"error: {config} exists and is not a model trainkit exported; export replaces only its own files: "
+        "give another -o, or move that file away"
+    )
+    assert config.read_text() == "name: mine\n"
+    for fmt in ("torchscript", "export", "export"):  # one export replaces another, whatever its format
+        code, out, err = cli("export", "--ckpt", ckpt, "-o", tmp_path / "model.bin", "--format", fmt)
+        assert code == 0, err
+
+
+def test_an_export_under_any_name_is_read_back_without_torch_warnings(trained, tmp_path):
+    """The read-back check gave torch.export a name not ending in .pt2: it logged "Unable to load package"."""
+    from conftest import TRAINKIT, subprocess_env
+
+    _, ckpt = trained
+    done = subprocess.run(
+        TRAINKIT + ["export", "--ckpt", str(ckpt), "-o", str(tmp_path / "model.bin")],
+        capture_output=True, text=True, env=subprocess_env(),
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
 def test_a_channels_last_run_exports_and_loads_without_torch_warnings(tmp_path):
     """Channels-last weights are not contiguous; saved as they are, torch.export warns "No
     complete tensor found" about each. The model is rebuilt in the standard layout instead."""

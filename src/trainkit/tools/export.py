@@ -18,6 +18,7 @@ table's input columns) as an extra file. After writing, the file is loaded back 
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -136,10 +137,23 @@ def _save(program: Any, path: Path, fmt: str, meta: str) -> None:
 def load_exported(path: str | Path, fmt: str) -> Any:
     """The callable a user gets from the file (what the file's readers do without trainkit)."""
     if fmt == "export":
-        return torch.export.load(str(path)).module()
+        with open(path, "rb") as f:  # a file, not a name: torch.export warns about names not ending in .pt2
+            return torch.export.load(f).module()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return torch.jit.load(str(path))
+
+
+def _is_an_export(path: Path) -> bool:
+    """A file an earlier export wrote (a zip archive holding trainkit.json), which a new export may
+    replace; anything else at the output path (a config, a checkpoint, a typo's victim) is kept."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.rsplit("/", 1)[-1] == META_FILE for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
 
 
 def export(
@@ -158,6 +172,11 @@ def export(
         raise UsageError(f"{output} is a folder; give the file to write, e.g. -o model.pt2")
     if not output.parent.is_dir():
         raise UsageError(f"folder does not exist: {output.parent}")
+    if os.path.lexists(output) and not _is_an_export(output):
+        raise UsageError(
+            f"{output} exists and is not a model trainkit exported; export replaces only its own files: "
+            "give another -o, or move that file away"
+        )
     model, info, cfg, source = load_trained_model(checkpoint, imports=imports, trust_plugins=trust_plugins)
     module, input_desc = deployable(model, info)
     example = torch.rand(2, *info.input_shape)  # batch of 2, so the batch size is not fixed at 1
