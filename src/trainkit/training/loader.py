@@ -163,24 +163,24 @@ def _stack_targets(targets: list[Any], indices: list[int]) -> torch.Tensor:
             raise DataContentError(
                 f"sample {i} of the data set: its target is {_what(t)}, not a number, an array or a tensor"
             ) from None
-    for y, i in zip(ys, indices, strict=True):
-        if y.shape != ys[0].shape:
-            raise DataContentError(
-                f"sample {i} of the data set: its target has shape {tuple(y.shape)}, sample {indices[0]}'s "
-                f"{tuple(ys[0].shape)}; a batch stacks its targets, so they need one shape"
-            )
+    _check_one_shape(ys, indices, "target")
     return torch.stack(ys)
+
+
+def _check_one_shape(parts: list[torch.Tensor], indices: list[int], part: str) -> None:
+    """The inputs (or targets) of a batch are stacked: a sample whose own has another shape is named."""
+    for x, i in zip(parts, indices, strict=True):
+        if x.shape != parts[0].shape:
+            raise DataContentError(
+                f"sample {i} of the data set: its {part} has shape {tuple(x.shape)}, sample {indices[0]}'s "
+                f"{tuple(parts[0].shape)}; a batch stacks its {part}s, so they need one shape"
+            )
 
 
 def _collate(samples: list[Any], indices: list[int], classes: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch of a user data set's samples; a sample that cannot join it is named."""
     inputs = [sample_input(s, i) for s, i in zip(samples, indices, strict=True)]
-    for x, i in zip(inputs, indices, strict=True):
-        if x.shape != inputs[0].shape:
-            raise DataContentError(
-                f"sample {i} of the data set: its input has shape {tuple(x.shape)}, sample {indices[0]}'s "
-                f"{tuple(inputs[0].shape)}; a batch stacks its inputs, so they need one shape"
-            )
+    _check_one_shape(inputs, indices, "input")
     targets = [s[1] for s in samples]
     y = torch.tensor(targets) if all(type(t) is int for t in targets) else _stack_targets(targets, indices)
     if classes is not None and y.dim() == 1 and (k := first_outside(y, classes)) is not None:
